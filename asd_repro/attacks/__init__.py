@@ -1,0 +1,82 @@
+"""Data-poisoning attacks: each turns a clean dataset into a FIXED poisoned training set.
+
+The attacker hands over a poisoned training set and never touches training, so every attack is
+materialised once (stage ``poison``) and cached. An attack plug-in is one file here plus one gin
+file in ``params/attacks/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from asd_repro.registry import Registry
+
+ATTACKS = Registry("attack", "asd_repro.attacks")
+register_attack = ATTACKS.register
+
+
+@dataclass
+class PoisonedTrain:
+    x: np.ndarray  # uint8 (N, H, W, C)
+    y: np.ndarray  # labels as handed to the victim (poisoned labels included)
+    poison: np.ndarray  # bool (N,): ground truth, for diagnostics and the reference's seed-sample draw only
+
+
+class Attack:
+    """Base class: a fixed trigger applied to a random ``ratio`` of non-target training samples.
+
+    Args:
+        target: the attacker's target label.
+        ratio: probability that each eligible training sample is poisoned (the reference draws every
+            non-target sample independently with this probability: ~4.5% of CIFAR-10 at 0.05).
+        clean_label: poison only target-class samples and keep labels (CLB, clean-label Refool).
+    """
+
+    clean_label = False
+
+    def __init__(self, target: int, ratio: float):
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"poison ratio must be in [0, 1], got {ratio}")
+        self.target = int(target)
+        self.ratio = float(ratio)
+
+    def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
+        """Build the trigger (pattern, warping field, ...) for images shaped like ``x``."""
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Return triggered copies of uint8 images (N, H, W, C)."""
+        raise NotImplementedError
+
+    def eligible(self, y: np.ndarray) -> np.ndarray:
+        return y == self.target if self.clean_label else y != self.target
+
+    def poison_train(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> PoisonedTrain:
+        mask = self.eligible(y) & (rng.random(len(y)) < self.ratio)
+        x, y = x.copy(), y.copy()
+        if mask.any():
+            x[mask] = self.apply(x[mask])
+        if not self.clean_label:
+            y[mask] = self.target
+        return PoisonedTrain(x, y, mask)
+
+    def poison_test(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ASR set: every test image whose true class is not the target, triggered, labelled target."""
+        index = np.flatnonzero(y != self.target)
+        return self.apply(x[index]), np.full(len(index), self.target, dtype=np.int64), index
+
+
+def scaled(value: int, size: int, reference: int = 32) -> int:
+    """A pixel quantity defined at 32x32 (the reference's CIFAR-10), scaled to another image size."""
+    return max(1, int(round(value * size / reference)))
+
+
+def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
+    """Map an (..., 3) RGB pattern to ``channels`` channels: luma for grey images, repeat otherwise."""
+    if channels == 3:
+        return rgb
+    if channels == 1:
+        luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
+    return np.repeat(rgb[..., :1], channels, axis=-1)

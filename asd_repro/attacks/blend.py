@@ -1,0 +1,38 @@
+"""Blend (Chen et al., 2017): x' = (1 - alpha) * x + alpha * P for a fixed pattern P.
+
+DBD and ASD blend a cartoon image with alpha = 0.1; that image is not available offline, so P is
+a fixed uniform-noise image drawn from ``pattern_seed`` (Chen et al.'s random-pattern variant).
+This is listed in DEVIATIONS.md.
+"""
+
+from __future__ import annotations
+
+import gin
+import numpy as np
+
+from asd_repro.attacks import Attack, register_attack
+
+
+@register_attack("blend")
+@gin.configurable(module="attacks")
+class Blend(Attack):
+    """Args:
+        alpha: blend weight of the pattern, used for both the poisoned training and test images.
+        pattern_seed: seed of the noise pattern (independent of which samples are poisoned).
+    """
+
+    def __init__(self, target: int = gin.REQUIRED, ratio: float = gin.REQUIRED, alpha: float = 0.1,
+                 pattern_seed: int = 0):
+        super().__init__(target, ratio)
+        self.alpha = float(alpha)
+        self.pattern_seed = pattern_seed
+        self.pattern: np.ndarray | None = None
+
+    def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
+        pattern_rng = np.random.default_rng(self.pattern_seed)
+        self.pattern = pattern_rng.integers(0, 256, size=x.shape[1:], dtype=np.uint8)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        assert self.pattern is not None, "fit() first"
+        mixed = (1.0 - self.alpha) * x.astype(np.float32) + self.alpha * self.pattern.astype(np.float32)
+        return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)

@@ -1,0 +1,143 @@
+"""Command line: ``asd-repro <stage> ...``, the one command each DVC stage runs.
+
+Heavy imports (torch, timm) happen inside the stage functions, so ``--help`` and ``check`` are quick.
+Any ``UserError`` becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _gin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gin", nargs="+", default=[], metavar="FILE",
+                   help="gin files in composition order: base, dataset, attack, defense, profile")
+    p.add_argument("--bind", action="append", default=[], metavar="BINDING", help="extra gin binding (repeatable)")
+    p.add_argument("--bindings-from", metavar="FILE:KEY",
+                   help="read a list of gin bindings from a YAML key, e.g. params.yaml:bindings.train")
+    p.add_argument("--seed", type=int, help="binds the SEED macro")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="asd-repro", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="validate params.yaml (names of datasets, attacks, defenses, profile)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--out", type=Path, required=True)
+
+    p = sub.add_parser("prepare", help="materialise a dataset as uint8 arrays")
+    p.add_argument("dataset")
+    p.add_argument("--raw-root", type=Path, required=True, help="downloads / local raw copies live here")
+    p.add_argument("--out", type=Path, required=True)
+    _gin_args(p)
+
+    p = sub.add_parser("poison", help="build the fixed poisoned train/test sets of one attack")
+    p.add_argument("attack")
+    p.add_argument("--clean", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    _gin_args(p)
+
+    p = sub.add_parser("train", help="train one cell with a defense (resumable)")
+    p.add_argument("defense")
+    p.add_argument("--clean", type=Path, required=True)
+    p.add_argument("--poisoned", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--curves", type=Path, required=True)
+    p.add_argument("--checkpoints", type=Path, help="per-epoch checkpoints for resuming (not a DVC output)")
+    _gin_args(p)
+
+    p = sub.add_parser("evaluate", help="ACC / ASR of a trained cell")
+    p.add_argument("--clean", type=Path, required=True)
+    p.add_argument("--poisoned", type=Path, required=True)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    _gin_args(p)
+
+    p = sub.add_parser("table", help="assemble results/<profile>/ from the metrics")
+    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--paper", type=Path, required=True)
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--out", type=Path, required=True)
+    _gin_args(p)
+
+    sub.add_parser("configurables", help="list every gin configurable and its parameters")
+    return ap
+
+
+def _configure(args: argparse.Namespace) -> str:
+    """Register every configurable, parse the gin files and bindings; return the asked config text."""
+    from asd_repro import config
+    from asd_repro.plugins import load_all
+
+    load_all()
+    bindings = []
+    if args.bindings_from:
+        file, _, key = args.bindings_from.partition(":")
+        bindings += config.bindings_from_params(file, key)
+    bindings += args.bind
+    if args.seed is not None:
+        bindings.append(f"SEED = {args.seed}")
+    config.parse(args.gin, bindings, bindings_source=args.bindings_from or "--bind")
+    return config.asked_config(args.gin, bindings)
+
+
+def _params(path: Path) -> dict:
+    import yaml
+
+    from asd_repro.errors import UserError
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read ({str(e).splitlines()[0]}); fix the file") from None
+
+
+def run(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        from asd_repro.stages import check_params
+
+        return check_params(args.params, args.out)
+    if args.command == "configurables":
+        from asd_repro.plugins import describe_configurables, load_all
+
+        load_all()
+        return print(describe_configurables())
+
+    from asd_repro import config, stages
+
+    asked = _configure(args)
+    if args.command == "prepare":
+        config.call_with_config(stages.prepare, args.dataset, args.raw_root, args.out, asked_config=asked)
+    elif args.command == "poison":
+        config.call_with_config(stages.poison, args.attack, args.clean, args.out, asked_config=asked)
+    elif args.command == "train":
+        config.call_with_config(stages.train, args.defense, args.clean, args.poisoned, args.out, args.curves,
+                                args.checkpoints, asked_config=asked)
+    elif args.command == "evaluate":
+        config.call_with_config(stages.evaluate, args.clean, args.poisoned, args.run, args.out)
+    elif args.command == "table":
+        p = _params(args.params)
+        config.call_with_config(stages.table, args.metrics, args.paper, args.out, p["profile"], p["datasets"],
+                                p["attacks"], p["defenses"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from asd_repro.errors import UserError
+
+    try:
+        run(argv)
+    except UserError as e:
+        print(f"asd-repro: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("asd-repro: interrupted; re-run the same command (or dvc repro) to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Gin configuration: parse composed files with one-line errors, record what was asked and used.
+
+Files are composed in a fixed order (base, dataset, attack, defense, profile), later files
+overriding earlier ones, then the bindings from ``params.yaml`` and the command line.
+"""
+
+from __future__ import annotations
+
+import importlib.util  # noqa: F401  (gin 0.5 needs it loaded before resolving `include`)
+import re
+import tokenize
+from pathlib import Path
+from typing import Iterable
+
+import gin
+import yaml
+
+from asd_repro.errors import UserError
+
+_GIN_ERRORS = (ValueError, SyntaxError, tokenize.TokenError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else type(e).__name__
+    loc = next((ln.strip() for ln in text[1:] if ln.strip().startswith(("In file", "In bindings"))), "")
+    line = re.search(r"line (\d+)", loc)
+    return f"{msg.rstrip('.')}" + (f" (line {line.group(1)})" if line else "")
+
+
+def parse(files: Iterable[str | Path], bindings: Iterable[str] = (), bindings_source: str = "bindings") -> None:
+    """Parse gin files then bindings, turning any gin failure into a UserError naming its source."""
+    gin.clear_config()
+    for f in files:
+        path = Path(f)
+        if not path.is_file():
+            raise UserError(f"{path}: gin file not found; check the dataset/attack/defense/profile names in params.yaml")
+        try:
+            gin.parse_config_file(str(path))
+        except _GIN_ERRORS as e:
+            raise UserError(f"{path}: {_first_line(e)}; fix or remove that binding "
+                            "(run `asd-repro configurables` for the valid names)") from None
+    for b in bindings:
+        try:
+            gin.parse_config(b)
+        except _GIN_ERRORS as e:
+            raise UserError(f"{bindings_source}: bad gin binding {b!r}: {_first_line(e)}; "
+                            "run `asd-repro configurables` for the valid names") from None
+
+
+def call_with_config(fn, *args, **kwargs):
+    """Call a configurable; report a missing required value as a one-line error."""
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as e:
+        if "Required bindings" in str(e) or "REQUIRED" in str(e):
+            raise UserError(f"missing gin value: {_first_line(e)}; bind it in the profile or dataset gin file") from None
+        raise
+
+
+def asked_config(files: Iterable[str | Path], bindings: Iterable[str]) -> str:
+    """The configuration as asked: each file's text in order, then the extra bindings."""
+    parts = []
+    for f in files:
+        parts.append(f"# ---- {Path(f).as_posix()}\n{Path(f).read_text().rstrip()}\n")
+    bindings = list(bindings)
+    if bindings:
+        parts.append("# ---- bindings (params.yaml / command line)\n" + "\n".join(bindings) + "\n")
+    return "\n".join(parts)
+
+
+def bindings_from_params(params_file: str | Path, key: str) -> list[str]:
+    """Read a list of gin bindings stored under a dotted key of params.yaml (e.g. ``bindings.train``)."""
+    path = Path(params_file)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run from the project root") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: malformed YAML ({_first_line(e)}); fix the syntax") from None
+    node = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise UserError(f"{path}: missing key {key!r}; add it (a list of gin bindings, [] for none)")
+        node = node[part]
+    if node is None:
+        return []
+    if not isinstance(node, list) or not all(isinstance(b, str) for b in node):
+        raise UserError(f"{path}: {key} must be a list of gin binding strings such as \"engine.Augment.crop_padding = 2\"")
+    return node

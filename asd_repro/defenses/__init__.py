@@ -1,0 +1,98 @@
+"""Training-time defenses: each trains a model on the poisoned set its own way.
+
+A defense plug-in is one file here plus one gin file in ``params/defenses/``. It receives a
+``Context`` (data on the training device, a model factory, augmentation, checkpointing, logging)
+and returns the final model. Ground-truth poison flags are in the context for diagnostics only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from asd_repro.engine.augment import Augment, Normalize
+from asd_repro.engine.checkpoint import Checkpointer
+from asd_repro.engine.loop import accuracy
+from asd_repro.registry import Registry
+
+DEFENSES = Registry("defense", "asd_repro.defenses")
+register_defense = DEFENSES.register
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by ``Context.end_epoch`` when a test asks the run to stop after an epoch."""
+
+
+@dataclass
+class Context:
+    train_x: torch.Tensor  # uint8 (N, C, H, W) on device
+    train_y: torch.Tensor  # labels as handed over by the attacker
+    poison: np.ndarray  # ground truth, diagnostics only
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    bd_x: torch.Tensor  # poisoned test set (non-target images with the trigger)
+    bd_y: torch.Tensor
+    num_classes: int
+    augment: Augment
+    normalize: Normalize
+    new_model: Callable[[], torch.nn.Module]
+    generator: torch.Generator
+    checkpointer: Checkpointer
+    device: torch.device
+    seed: int
+    eval_every: int = 1
+    stop_after_epoch: int | None = None  # tests only: simulate a kill after this many epochs
+    curves: list[dict[str, Any]] = field(default_factory=list)
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        c, n = accuracy(model, self.test_x, self.test_y, self.normalize)
+        pc, pn = accuracy(model, self.bd_x, self.bd_y, self.normalize)
+        return {"acc": 100.0 * c / max(n, 1), "asr": 100.0 * pc / max(pn, 1)}
+
+    def end_epoch(self, record: dict[str, Any], model: torch.nn.Module | None, epochs_done: int,
+                  total: int) -> dict[str, Any]:
+        """Add test metrics (every ``eval_every`` epochs and at the end) and append to the curves."""
+        if model is not None and (epochs_done % self.eval_every == 0 or epochs_done == total):
+            record.update(self.evaluate(model))
+        self.curves.append(record)
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        print(f"[epoch {epochs_done}/{total}] {shown}", flush=True)
+        return record
+
+    def maybe_interrupt(self, epochs_done: int) -> None:
+        if self.stop_after_epoch is not None and epochs_done >= self.stop_after_epoch:
+            raise Interrupted(f"stopped after epoch {epochs_done} (test hook)")
+
+    def clean_indices(self, per_class: int, rng: np.random.Generator) -> np.ndarray:
+        """``per_class`` random CLEAN training samples of each class (the defender's clean data).
+
+        Like the ASD reference, this uses the ground-truth poison flag: the defender is assumed to
+        hold a few known-clean samples per class.
+        """
+        y = self.train_y.cpu().numpy()
+        picks = []
+        for c in range(self.num_classes):
+            idx = np.flatnonzero((y == c) & ~self.poison)
+            picks.append(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+        return np.sort(np.concatenate(picks))
+
+
+class Defense:
+    """Base class: ``run(ctx)`` trains and returns the final model."""
+
+    def run(self, ctx: Context) -> torch.nn.Module:
+        raise NotImplementedError
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        dt, self.start = now - self.start, now
+        return dt

@@ -1,0 +1,52 @@
+"""No defense: plain supervised training on the poisoned set (the paper's "No Defense" column)."""
+
+from __future__ import annotations
+
+import gin
+import torch
+
+from asd_repro.defenses import Context, Defense, Timer, register_defense
+from asd_repro.engine.loop import Resumable, train_epoch
+from asd_repro.engine.optim import make_optimizer, make_schedule
+
+
+def supervised_training(ctx: Context, model: torch.nn.Module, epochs: int, batch_size: int, phase: str = "train",
+                        x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.nn.Module:
+    """Resumable cross-entropy training with the gin-bound optimiser and schedule."""
+    x = ctx.train_x if x is None else x
+    y = ctx.train_y if y is None else y
+    optimizer = make_optimizer(model.parameters())
+    schedule = make_schedule(optimizer, epochs)
+    state = Resumable(ctx.checkpointer, ctx.generator, model=model, optimizer=optimizer, schedule=schedule)
+    restored = state.restore()
+    start = 0
+    if restored is not None:
+        start, ctx.curves[:] = restored["epoch"], restored["curves"]
+        print(f"resuming {phase} from epoch {start}/{epochs}", flush=True)
+    for epoch in range(start, epochs):
+        timer = Timer()
+        lr = optimizer.param_groups[0]["lr"]
+        stats = train_epoch(model, optimizer, x, y, ctx.augment, ctx.normalize, batch_size, ctx.generator,
+                            desc=f"{phase} {epoch + 1}/{epochs}")
+        schedule.step()
+        ctx.end_epoch({"epoch": epoch + 1, "phase": phase, "lr": lr, **stats, "seconds": timer.lap()}, model,
+                      epoch + 1, epochs)
+        state.save(epoch=epoch + 1, curves=ctx.curves)
+        ctx.maybe_interrupt(epoch + 1)
+    return model
+
+
+@register_defense("none")
+@gin.configurable(module="defenses")
+class NoDefense(Defense):
+    """Args:
+        epochs: training epochs.
+        batch_size: mini-batch size.
+    """
+
+    def __init__(self, epochs: int = gin.REQUIRED, batch_size: int = 128):
+        self.epochs = epochs
+        self.batch_size = batch_size
+
+    def run(self, ctx: Context) -> torch.nn.Module:
+        return supervised_training(ctx, ctx.new_model(), self.epochs, self.batch_size)

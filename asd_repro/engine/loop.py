@@ -1,0 +1,88 @@
+"""Epoch loops over device-resident uint8 data, prediction, and resumable epoch bookkeeping."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from asd_repro.engine.augment import Augment, Normalize
+from asd_repro.engine.checkpoint import Checkpointer, rng_state, set_rng_state
+
+
+def index_batches(n: int, batch_size: int, generator: torch.Generator | None, drop_last: bool = False,
+                  device: torch.device | str = "cpu") -> Iterator[torch.Tensor]:
+    """Shuffled (or, with no generator, ordered) index batches."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for i in range(0, stop, batch_size):
+        yield order[i:i + batch_size].to(device)
+
+
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                augment: Augment, normalize: Normalize, batch_size: int, generator: torch.Generator,
+                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                desc: str = "train") -> dict[str, float]:
+    """One pass of mini-batch training with on-device augmentation; returns mean loss and accuracy."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(list(index_batches(len(y), batch_size, generator, device=x.device)), desc=desc, leave=False,
+               mininterval=1.0)
+    for idx in bar:
+        inputs, targets = normalize(augment(x[idx], generator)), y[idx]
+        logits = model(inputs)
+        loss = loss_fn(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(idx)
+        correct += (logits.argmax(1) == targets).sum().item()
+        seen += len(idx)
+    return {"loss": total_loss / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1)}
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, normalize: Normalize, batch_size: int = 1024,
+                   augment: Augment | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Logits for every image, eval mode, large batches; optional augmentation (e.g. for split losses)."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size]
+        if augment is not None:
+            xb = augment(xb, generator)
+        out.append(model(normalize(xb)).float())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Normalize) -> tuple[int, int]:
+    """(correct, total): exact, sample-weighted."""
+    if len(y) == 0:
+        return 0, 0
+    pred = predict_logits(model, x, normalize).argmax(1)
+    return int((pred == y).sum().item()), len(y)
+
+
+class Resumable:
+    """Holds the objects of a training phase and saves/restores them with every RNG state."""
+
+    def __init__(self, checkpointer: Checkpointer, generator: torch.Generator, **objects: Any):
+        self.ckpt = checkpointer
+        self.generator = generator
+        self.objects = objects
+
+    def restore(self) -> dict[str, Any] | None:
+        state = self.ckpt.load()
+        if state is None:
+            return None
+        for name, obj in self.objects.items():
+            obj.load_state_dict(state["objects"][name])
+        set_rng_state(state["rng"], self.generator)
+        return state
+
+    def save(self, **extra: Any) -> None:
+        state = {"objects": {n: o.state_dict() for n, o in self.objects.items()}, "rng": rng_state(self.generator),
+                 **extra}
+        self.ckpt.save(state)

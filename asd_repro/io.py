@@ -1,0 +1,101 @@
+"""Files: atomic stage outputs, checksummed uint8 arrays, JSON.
+
+Every stage writes into a sibling ``<out>.partial`` folder and renames it into place only when
+it has finished, so a failed or killed stage never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from asd_repro.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a scratch folder that replaces ``out`` only if the block finishes without error."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    os.replace(tmp, out)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found; run the stage that produces it (dvc repro)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); delete it and re-run the stage that produces it") from None
+
+
+def sha256_array(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).data).hexdigest()
+
+
+def save_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Save each array as ``<name>.npy``; return the manifest entries (shape, dtype, sha256)."""
+    entries = {}
+    for name, a in arrays.items():
+        np.save(folder / f"{name}.npy", a, allow_pickle=False)
+        entries[name] = {"shape": list(a.shape), "dtype": str(a.dtype), "sha256": sha256_array(a)}
+    return entries
+
+
+def load_arrays(folder: str | os.PathLike, manifest: dict[str, Any], names: list[str] | None = None,
+                producer: str = "the stage that wrote it") -> dict[str, np.ndarray]:
+    """Load arrays listed in a manifest, verifying shape, dtype and checksum of each."""
+    folder = Path(folder)
+    files = manifest.get("files", {})
+    out = {}
+    for name in names or list(files):
+        path = folder / f"{name}.npy"
+        fix = f"delete {folder} and re-run {producer} (dvc repro -f)"
+        if name not in files:
+            raise UserError(f"{folder / 'manifest'}: no array {name!r} listed; {fix}")
+        if not path.exists():
+            raise UserError(f"{path}: missing cached array; {fix}")
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise UserError(f"{path}: corrupt cached array ({str(e).splitlines()[0]}); {fix}") from None
+        want = files[name]
+        if list(a.shape) != want["shape"] or str(a.dtype) != want["dtype"] or sha256_array(a) != want["sha256"]:
+            raise UserError(f"{path}: corrupt cached array (checksum mismatch with its manifest); {fix}")
+        out[name] = a
+    return out

@@ -1,0 +1,1 @@
+"""Reporting: the paper-layout table and its diff against the paper."""

@@ -1,0 +1,267 @@
+"""The pipeline's stage functions, one gin-configurable root per DVC stage.
+
+prepare -> poison -> train -> evaluate -> table. Each writes its outputs atomically (a failed stage
+leaves nothing behind) together with ``config.gin`` (what was asked) and ``operative_config.gin``
+(what was used). Paths come from the command line (dvc.yaml is their one source), never from gin.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import gin
+import numpy as np
+
+from asd_repro.errors import UserError
+from asd_repro.io import atomic_dir, load_arrays, read_json, save_arrays, write_json, write_text_atomic
+
+
+def _write_configs(folder: Path, asked: str) -> None:
+    (folder / "config.gin").write_text(asked)
+
+
+def _write_operative(folder: Path) -> None:
+    (folder / "operative_config.gin").write_text(gin.operative_config_str())
+
+
+@gin.configurable(module="stages")
+def prepare(dataset: str, raw_root: Path, out: Path, asked_config: str = "") -> dict[str, Any]:
+    """Materialise a dataset once as uint8 arrays + manifest."""
+    from asd_repro.data import DATASETS, save_prepared
+
+    source = DATASETS.create(dataset)
+    start = time.perf_counter()
+    train, test, info = source.load(Path(raw_root))
+    with atomic_dir(out) as tmp:
+        _write_configs(tmp, asked_config)
+        save_prepared(tmp, train, test, info)
+        _write_operative(tmp)
+    print(f"prepared {dataset}: {len(train)} train / {len(test)} test images {train.x.shape[1:]} "
+          f"in {time.perf_counter() - start:.1f}s -> {out}")
+    return {"train": len(train), "test": len(test)}
+
+
+@gin.configurable(module="stages")
+def poison(attack: str, clean: Path, out: Path, seed: int = gin.REQUIRED, asked_config: str = "") -> dict[str, Any]:
+    """Build the FIXED poisoned training set and the poisoned test set for one attack."""
+    from asd_repro.attacks import ATTACKS
+    from asd_repro.data import load_prepared
+
+    data = load_prepared(clean)
+    atk = ATTACKS.create(attack)
+    rng = np.random.default_rng(seed)
+    atk.fit(data.train.x, data.train.y, rng)
+    train = atk.poison_train(data.train.x, data.train.y, rng)
+    bd_x, bd_y, bd_index = atk.poison_test(data.test.x, data.test.y)
+    meta = {
+        "dataset": data.info.name, "attack": attack, "target": atk.target, "ratio": atk.ratio,
+        "clean_label": atk.clean_label, "seed": seed,
+        "counts": {"train": int(len(train.y)), "poisoned_train": int(train.poison.sum()),
+                   "poisoned_train_fraction": float(train.poison.mean()), "test_asr_set": int(len(bd_y)),
+                   "test_target_excluded": int((data.test.y == atk.target).sum())},
+    }
+    with atomic_dir(out) as tmp:
+        _write_configs(tmp, asked_config)
+        meta["files"] = save_arrays(tmp, {"train_x": train.x, "train_y": train.y, "train_poison": train.poison,
+                                          "test_x": bd_x, "test_y": bd_y, "test_index": bd_index})
+        write_json(tmp / "meta.json", meta)
+        _write_operative(tmp)
+    print(f"poisoned {data.info.name}/{attack}: {meta['counts']['poisoned_train']} of {len(train.y)} training "
+          f"images ({100 * meta['counts']['poisoned_train_fraction']:.2f}%), ASR set {len(bd_y)} -> {out}")
+    return meta
+
+
+def load_poisoned(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: poisoned set not found; run `dvc repro` (stage poison) first")
+    meta = read_json(folder / "meta.json")
+    return meta, load_arrays(folder, meta, producer=f"the poison stage of {meta.get('attack', folder.name)}")
+
+
+def resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _nchw(a: np.ndarray, device) -> Any:
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device)
+
+
+@gin.configurable(module="stages")
+def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, checkpoints: Path | None = None,
+          seed: int = gin.REQUIRED, device: str = "auto", eval_every: int = 1, asked_config: str = "",
+          stop_after_epoch: int | None = None) -> dict[str, Any]:
+    """Train one table cell's model with a defense; resumable from per-epoch checkpoints.
+
+    Args:
+        device: 'auto' (CUDA when available), 'cpu' or 'cuda[:i]'.
+        eval_every: test-set ACC/ASR in the curves every this many epochs (diagnostics only: the
+            table reports the final epoch, never a test-selected one).
+    """
+    import torch
+
+    from asd_repro.data import load_prepared
+    from asd_repro.defenses import DEFENSES, Context
+    from asd_repro.engine.augment import Augment, Normalize
+    from asd_repro.engine.checkpoint import Checkpointer, fingerprint
+    from asd_repro.models import create_model
+
+    data = load_prepared(clean)
+    meta, arrays = load_poisoned(poisoned)
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    import random
+    random.seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    h, w, c = arrays["train_x"].shape[1:]
+    model_kwargs = {"num_classes": data.info.num_classes, "in_chans": int(c), "image_size": int(h)}
+
+    def new_model():
+        return create_model(**model_kwargs).to(dev)
+
+    defense_obj = DEFENSES.create(defense)
+    key = fingerprint(asked_config, defense, str(seed), json.dumps(meta["files"], sort_keys=True),
+                      json.dumps(read_json(Path(clean) / "manifest.json")["files"], sort_keys=True))
+    ctx = Context(
+        train_x=_nchw(arrays["train_x"], dev), train_y=torch.from_numpy(arrays["train_y"]).to(dev),
+        poison=arrays["train_poison"], test_x=_nchw(data.test.x, dev), test_y=torch.from_numpy(data.test.y).to(dev),
+        bd_x=_nchw(arrays["test_x"], dev), bd_y=torch.from_numpy(arrays["test_y"]).to(dev),
+        num_classes=data.info.num_classes, augment=Augment().resolved(data.info.hflip),
+        normalize=Normalize(data.info.mean, data.info.std, dev), new_model=new_model, generator=generator,
+        checkpointer=Checkpointer(checkpoints, key), device=dev, seed=seed, eval_every=eval_every,
+        stop_after_epoch=stop_after_epoch,
+    )
+    start = time.perf_counter()
+    model = defense_obj.run(ctx)
+    seconds = time.perf_counter() - start
+    final = ctx.evaluate(model)
+    info = {"dataset": data.info.name, "attack": meta["attack"], "defense": defense, "seed": seed,
+            "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
+            "train_seconds": round(seconds, 2), "final_epoch": final, "model": model_kwargs,
+            **getattr(defense_obj, "run_info", {})}
+    with atomic_dir(out) as tmp:
+        _write_configs(tmp, asked_config)
+        torch.save({"model_kwargs": model_kwargs, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
+                   tmp / "model.pt")
+        write_json(tmp / "run.json", info)
+        _write_operative(tmp)
+    write_json(curves, ctx.curves)
+    ctx.checkpointer.clear()
+    print(f"trained {data.info.name}/{meta['attack']}/{defense} in {seconds:.1f}s on {dev}: "
+          f"ACC {final['acc']:.2f} ASR {final['asr']:.2f} -> {out}")
+    return info
+
+
+@gin.configurable(module="stages")
+def evaluate(clean: Path, poisoned: Path, run: Path, out: Path, device: str = "auto",
+             batch_size: int = 1024) -> dict[str, Any]:
+    """ACC on the clean test set and ASR on the poisoned test set (target class excluded), exact."""
+    import torch
+
+    from asd_repro.data import load_prepared
+    from asd_repro.engine.augment import Normalize
+    from asd_repro.models import create_model
+
+    data = load_prepared(clean)
+    meta, arrays = load_poisoned(poisoned)
+    dev = resolve_device(device)
+    model_file = Path(run) / "model.pt"
+    if not model_file.exists():
+        raise UserError(f"{model_file}: trained model not found; run `dvc repro` (stage train) first")
+    try:
+        saved = torch.load(model_file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{model_file}: corrupt model file ({type(e).__name__}); re-run its train stage "
+                        "(dvc repro -f)") from None
+    model = create_model(**saved["model_kwargs"])
+    model.load_state_dict(saved["state_dict"])
+    model.to(dev)
+    norm = Normalize(data.info.mean, data.info.std, dev)
+    metrics = asr_and_acc(model, data.test.x, data.test.y, arrays["test_x"], arrays["test_y"], meta["target"],
+                          norm, dev, batch_size)
+    run_info = read_json(Path(run) / "run.json")
+    result = {"dataset": data.info.name, "attack": meta["attack"], "defense": run_info["defense"],
+              **metrics, "asr_definition": "triggered test images whose true class is not the target",
+              "checkpoint": "final epoch"}
+    write_json(out, result)
+    print(f"evaluated {result['dataset']}/{result['attack']}/{result['defense']}: ACC {metrics['acc']:.2f} "
+          f"ASR {metrics['asr']:.2f} -> {out}")
+    return result
+
+
+def asr_and_acc(model, clean_x: np.ndarray, clean_y: np.ndarray, bd_x: np.ndarray, bd_y: np.ndarray, target: int,
+                normalize, device, batch_size: int = 1024) -> dict[str, Any]:
+    """Exact sample-weighted ACC (%) on clean images and ASR (%) on triggered non-target images."""
+    from asd_repro.engine.loop import predict_logits
+
+    if np.any(bd_y != target):
+        raise ValueError("the poisoned test set must be labelled with the target class")
+    pred = predict_logits(model, _nchw(clean_x, device), normalize, batch_size).argmax(1).cpu().numpy()
+    bd_pred = predict_logits(model, _nchw(bd_x, device), normalize, batch_size).argmax(1).cpu().numpy()
+    return {"acc": 100.0 * float(np.mean(pred == clean_y)) if len(clean_y) else None,
+            "asr": 100.0 * float(np.mean(bd_pred == target)) if len(bd_y) else None,
+            "n_clean": int(len(clean_y)), "n_asr": int(len(bd_y))}
+
+
+@gin.configurable(module="stages")
+def table(metrics: Path, paper_csv: Path, out: Path, profile: str, datasets: list[str], attacks: list[str],
+          defenses: list[str], paper_dataset: dict[str, str] | None = None, decimals: int = 1) -> None:
+    """Assemble the paper-layout table, the long CSV and the diff against the paper.
+
+    Args:
+        paper_dataset: which paper dataset each of ours is compared with when the paper has no row
+            for it (e.g. the embedded mnist5k stands in for CIFAR-10); the output says so.
+        decimals: rounding of the rendered tables.
+    """
+    from asd_repro.report.table import assemble, collect_metrics, load_paper
+
+    found = collect_metrics(Path(metrics), datasets, attacks, defenses)
+    paper = load_paper(Path(paper_csv))
+    files = assemble(found, paper, profile, datasets, paper_dataset or {}, decimals)
+    with atomic_dir(out) as tmp:
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+    print(f"table for profile {profile}: {len(found)} cells -> {out}")
+
+
+def check_params(params_file: Path, out: Path, gin_root: Path = Path("params")) -> None:
+    """Validate params.yaml's matrix before any stage runs (names must have a plug-in and a gin file)."""
+    import yaml
+
+    from asd_repro.registry import module_names
+
+    try:
+        p = yaml.safe_load(Path(params_file).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{params_file}: not found; run from the project root") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{params_file}: malformed YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+    if not isinstance(p, dict):
+        raise UserError(f"{params_file}: expected a mapping with profile, seed, datasets, attacks, defenses")
+    for key, kind, package in (("datasets", "dataset", "asd_repro.data"), ("attacks", "attack", "asd_repro.attacks"),
+                               ("defenses", "defense", "asd_repro.defenses")):
+        names = p.get(key)
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise UserError(f"{params_file}: '{key}' must be a non-empty list of names")
+        known = [n for n in module_names(package) if (gin_root / key / f"{n}.gin").is_file()]
+        for n in names:
+            if n not in known:
+                raise UserError(f"{params_file}: unknown {kind} {n!r} in '{key}'; known: {', '.join(known)}")
+    profile = p.get("profile")
+    if not isinstance(profile, str) or not (gin_root / "profiles" / f"{profile}.gin").is_file():
+        known = sorted(f.stem for f in (gin_root / "profiles").glob("*.gin"))
+        raise UserError(f"{params_file}: unknown profile {profile!r}; known: {', '.join(known)}")
+    if not isinstance(p.get("seed"), int):
+        raise UserError(f"{params_file}: 'seed' must be an integer")
+    write_text_atomic(out, "params.yaml is valid\n")

@@ -1,0 +1,60 @@
+"""A killed training stage, re-run, resumes from its last finished epoch and ends identically."""
+
+import json
+
+import torch
+
+from asd_repro.defenses import Interrupted
+from asd_repro import stages
+
+from conftest import configure, tiny_prepared
+
+GIN = ["params/base.gin", "params/attacks/badnets.gin", "params/defenses/none.gin", "params/profiles/smoke.gin"]
+
+
+def _poisoned(tmp_path):
+    clean = tiny_prepared(tmp_path / "prepared")
+    configure(GIN, ["SEED = 3", "attacks.BadNets.ratio = 0.2"])
+    stages.poison("badnets", clean, tmp_path / "poisoned")
+    return clean, tmp_path / "poisoned"
+
+
+def _train(clean, poisoned, out, ckpt, stop=None):
+    asked = configure(GIN, ["SEED = 3", "defenses.NoDefense.epochs = 3", "defenses.NoDefense.batch_size = 16",
+                            "engine.make_schedule.name = 'cosine'", "stages.train.device = 'cpu'"])
+    return stages.train("none", clean, poisoned, out, out.parent / f"{out.name}.json", ckpt, asked_config=asked,
+                        stop_after_epoch=stop)
+
+
+def test_interrupted_run_resumes_to_identical_weights(tmp_path):
+    clean, poisoned = _poisoned(tmp_path)
+    _train(clean, poisoned, tmp_path / "straight", tmp_path / "ckpt_a")
+    try:
+        _train(clean, poisoned, tmp_path / "resumed", tmp_path / "ckpt_b", stop=2)
+        raise AssertionError("the test hook should have stopped the run")
+    except Interrupted:
+        pass
+    assert not (tmp_path / "resumed").exists(), "an interrupted stage leaves no output"
+    assert any((tmp_path / "ckpt_b").rglob("last.pt")), "a checkpoint was written every epoch"
+    _train(clean, poisoned, tmp_path / "resumed", tmp_path / "ckpt_b")
+    a = torch.load(tmp_path / "straight" / "model.pt")["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "model.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    def curves(name):  # everything but wall-clock time
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads((tmp_path / name).read_text())]
+
+    assert curves("straight.json") == curves("resumed.json") and len(curves("resumed.json")) == 3
+    assert not any((tmp_path / "ckpt_b").rglob("last.pt")), "checkpoints are removed once the cell is done"
+
+
+def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
+    clean, poisoned = _poisoned(tmp_path)
+    try:
+        _train(clean, poisoned, tmp_path / "a", tmp_path / "ckpt", stop=1)
+    except Interrupted:
+        pass
+    asked = configure(GIN, ["SEED = 3", "defenses.NoDefense.epochs = 2", "defenses.NoDefense.batch_size = 16",
+                            "stages.train.device = 'cpu'"])
+    stages.train("none", clean, poisoned, tmp_path / "b", tmp_path / "b.json", tmp_path / "ckpt", asked_config=asked)
+    assert [r["epoch"] for r in json.loads((tmp_path / "b.json").read_text())] == [1, 2]
