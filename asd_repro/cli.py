@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(argv)
     except UserError as e:
-        print(f"asd-repro: error: {e}", file=sys.stderr)
+        # gin appends "In call to configurable ..." lines to exceptions raised inside configurables
+        print(f"asd-repro: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("asd-repro: interrupted; re-run the same command (or dvc repro) to resume", file=sys.stderr)

@@ -49,12 +49,18 @@ def parse(files: Iterable[str | Path], bindings: Iterable[str] = (), bindings_so
 
 
 def call_with_config(fn, *args, **kwargs):
-    """Call a configurable; report a missing required value as a one-line error."""
+    """Call a configurable; report a missing required value or unbound macro as a one-line error."""
     try:
         return fn(*args, **kwargs)
     except RuntimeError as e:
-        if "Required bindings" in str(e) or "REQUIRED" in str(e):
+        if "Required bindings" in str(e):
             raise UserError(f"missing gin value: {_first_line(e)}; bind it in the profile or dataset gin file") from None
+        raise
+    except TypeError as e:
+        macro = re.search(r"configurable 'macro' .* in scope '([^']+)'", str(e))
+        if macro:
+            raise UserError(f"gin macro {macro.group(1)} has no value; bind it (e.g. `{macro.group(1)} = ...` in a gin "
+                            "file, or --seed for SEED)") from None
         raise
 
 

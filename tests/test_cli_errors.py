@@ -1,0 +1,128 @@
+"""Bad input: one line on stderr naming the file and the fix, exit status 2, no partial outputs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asd_repro.cli import main
+
+from conftest import tiny_prepared
+
+
+def _run(capsys, argv):
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    return rc, err
+
+
+def _assert_one_line_error(rc, err, *needles):
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("asd-repro: error: ")
+    for n in needles:
+        assert n in err, err
+
+
+def test_unknown_gin_binding_in_a_file(tmp_path, capsys, repo_cwd):
+    clean = tiny_prepared(tmp_path / "prepared")
+    bad = tmp_path / "typo.gin"
+    bad.write_text("attacks.BadNets.patch_sise = 3\n")
+    out = tmp_path / "poisoned"
+    rc, err = _run(capsys, ["poison", "badnets", "--clean", clean, "--out", out, "--seed", 1,
+                            "--gin", "params/base.gin", "params/attacks/badnets.gin", bad])
+    _assert_one_line_error(rc, err, str(bad), "patch_sise")
+    assert not out.exists() and not list(tmp_path.glob(".poisoned.partial*"))
+
+
+def test_unknown_configurable_from_params_yaml(tmp_path, capsys, repo_cwd):
+    params = tmp_path / "params.yaml"
+    params.write_text("bindings:\n  poison: ['attacks.BadNet.patch_size = 3']\n")
+    rc, err = _run(capsys, ["poison", "badnets", "--clean", tmp_path, "--out", tmp_path / "o", "--seed", 1,
+                            "--gin", "params/base.gin", "--bindings-from", f"{params}:bindings.poison"])
+    _assert_one_line_error(rc, err, str(params), "attacks.BadNet")
+
+
+def test_malformed_gin_file(tmp_path, capsys, repo_cwd):
+    bad = tmp_path / "broken.gin"
+    bad.write_text("engine.Augment.crop_padding = (4,\n")
+    rc, err = _run(capsys, ["poison", "badnets", "--clean", tmp_path, "--out", tmp_path / "o", "--gin", bad])
+    _assert_one_line_error(rc, err, str(bad))
+
+
+def test_missing_gin_file(tmp_path, capsys, repo_cwd):
+    rc, err = _run(capsys, ["poison", "badnets", "--clean", tmp_path, "--out", tmp_path / "o",
+                            "--gin", "params/attacks/nope.gin"])
+    _assert_one_line_error(rc, err, "params/attacks/nope.gin", "not found")
+
+
+@pytest.mark.parametrize("key,value,needle", [("attacks", "[badnets, badnet]", "unknown attack 'badnet'"),
+                                              ("datasets", "[mnist5kk]", "unknown dataset 'mnist5kk'"),
+                                              ("defenses", "[nope]", "unknown defense 'nope'"),
+                                              ("profile", "huge", "unknown profile 'huge'")])
+def test_unknown_names_in_params_yaml(tmp_path, capsys, repo_cwd, key, value, needle):
+    text = Path("params.yaml").read_text()
+    lines = [f"{key}: {value}" if line.split(":")[0] == key else line for line in text.splitlines()]
+    params = tmp_path / "params.yaml"
+    params.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "checks" / "params.ok"
+    rc, err = _run(capsys, ["check", "--params", params, "--out", out])
+    _assert_one_line_error(rc, err, str(params), needle, "known:")
+    assert not out.exists()
+
+
+def test_malformed_params_yaml(tmp_path, capsys, repo_cwd):
+    params = tmp_path / "params.yaml"
+    params.write_text("attacks: [badnets\n")
+    rc, err = _run(capsys, ["check", "--params", params, "--out", tmp_path / "ok"])
+    _assert_one_line_error(rc, err, str(params), "malformed YAML")
+
+
+def test_cifar10_unavailable_offline(tmp_path, capsys, repo_cwd, monkeypatch):
+    import asd_repro.data.cifar10 as cifar10
+
+    def offline(dest):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(cifar10, "download", offline)
+    out = tmp_path / "prepared" / "cifar10"
+    rc, err = _run(capsys, ["prepare", "cifar10", "--raw-root", tmp_path / "raw", "--out", out,
+                            "--gin", "params/datasets/cifar10.gin"])
+    _assert_one_line_error(rc, err, "cifar-10-batches-py", "download failed")
+    assert not out.exists()
+
+
+def test_fashion_mnist_unavailable_offline(tmp_path, capsys, repo_cwd, monkeypatch):
+    import asd_repro.data.fashion_mnist as fm
+
+    monkeypatch.setattr(fm, "download", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")), raising=True)
+    out = tmp_path / "prepared" / "fashion_mnist"
+    rc, err = _run(capsys, ["prepare", "fashion_mnist", "--raw-root", tmp_path / "raw", "--out", out,
+                            "--gin", "params/datasets/fashion_mnist.gin",
+                            "--bind", f"datasets.FashionMnist.system_dir = '{tmp_path / 'none'}'"])
+    _assert_one_line_error(rc, err, "dataset-fashion-mnist")
+    assert not out.exists()
+
+
+def test_corrupt_cached_array(tmp_path, capsys, repo_cwd):
+    clean = tiny_prepared(tmp_path / "prepared")
+    arr = clean / "train_x.npy"
+    data = bytearray(arr.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte in the pixels
+    arr.write_bytes(bytes(data))
+    out = tmp_path / "poisoned"
+    rc, err = _run(capsys, ["poison", "badnets", "--clean", clean, "--out", out, "--seed", 1,
+                            "--gin", "params/base.gin", "params/attacks/badnets.gin"])
+    _assert_one_line_error(rc, err, str(arr), "corrupt", "dvc repro -f")
+    assert not out.exists()
+    arr.write_bytes(b"not an npy file")
+    rc, err = _run(capsys, ["poison", "badnets", "--clean", clean, "--out", out, "--seed", 1,
+                            "--gin", "params/base.gin", "params/attacks/badnets.gin"])
+    _assert_one_line_error(rc, err, str(arr), "corrupt")
+
+
+def test_missing_required_value(tmp_path, capsys, repo_cwd):
+    clean = tiny_prepared(tmp_path / "prepared")
+    rc, err = _run(capsys, ["poison", "badnets", "--clean", clean, "--out", tmp_path / "o",
+                            "--gin", "params/base.gin", "params/attacks/badnets.gin"])  # no --seed: SEED unbound
+    _assert_one_line_error(rc, err, "SEED")
