@@ -99,14 +99,16 @@ def _nchw(a: np.ndarray, device) -> Any:
 
 @gin.configurable(module="stages")
 def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, checkpoints: Path | None = None,
-          seed: int = gin.REQUIRED, device: str = "auto", eval_every: int = 1, asked_config: str = "",
+          seed: int = gin.REQUIRED, device: str = "auto", asked_config: str = "",
           stop_after_epoch: int | None = None) -> dict[str, Any]:
     """Train one table cell's model with a defense; resumable from per-epoch checkpoints.
 
+    The curves hold test ACC/ASR after every epoch for diagnostics only: the table reports the final
+    epoch, never a test-selected one.
+
     Args:
         device: 'auto' (CUDA when available), 'cpu' or 'cuda[:i]'.
-        eval_every: test-set ACC/ASR in the curves every this many epochs (diagnostics only: the
-            table reports the final epoch, never a test-selected one).
+        stop_after_epoch: tests only, simulates a kill after that many epochs.
     """
     import torch
 
@@ -139,7 +141,7 @@ def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, ch
         bd_x=_nchw(arrays["test_x"], dev), bd_y=torch.from_numpy(arrays["test_y"]).to(dev),
         num_classes=data.info.num_classes, augment=Augment().resolved(data.info.hflip),
         normalize=Normalize(data.info.mean, data.info.std, dev), new_model=new_model, generator=generator,
-        checkpointer=Checkpointer(checkpoints, key), device=dev, seed=seed, eval_every=eval_every,
+        checkpointer=Checkpointer(checkpoints, key), device=dev, seed=seed,
         stop_after_epoch=stop_after_epoch,
     )
     start = time.perf_counter()

@@ -44,7 +44,6 @@ class Context:
     checkpointer: Checkpointer
     device: torch.device
     seed: int
-    eval_every: int = 1
     stop_after_epoch: int | None = None  # tests only: simulate a kill after this many epochs
     curves: list[dict[str, Any]] = field(default_factory=list)
 
@@ -53,11 +52,17 @@ class Context:
         pc, pn = accuracy(model, self.bd_x, self.bd_y, self.normalize)
         return {"acc": 100.0 * c / max(n, 1), "asr": 100.0 * pc / max(pn, 1)}
 
-    def end_epoch(self, record: dict[str, Any], model: torch.nn.Module | None, epochs_done: int,
+    def end_epoch(self, record: dict[str, Any], model: torch.nn.Module, epochs_done: int,
                   total: int) -> dict[str, Any]:
-        """Add test metrics (every ``eval_every`` epochs and at the end) and append to the curves."""
-        if model is not None and (epochs_done % self.eval_every == 0 or epochs_done == total):
-            record.update(self.evaluate(model))
+        """Add test ACC/ASR and the pool sizes, then append the record to the curves.
+
+        Every record carries the same fields so that ``dvc plots`` can draw all cells alike. A defense
+        that trains on a subset reports its own ``clean_pool``; otherwise the whole set is the clean pool
+        (No Defense, in the paper's unified framework). The ground-truth count is for logging only.
+        """
+        record.update(self.evaluate(model))
+        record.setdefault("clean_pool", len(self.poison))
+        record.setdefault("poisoned_in_clean_pool", int(self.poison.sum()))
         self.curves.append(record)
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
         print(f"[epoch {epochs_done}/{total}] {shown}", flush=True)
