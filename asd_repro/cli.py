@@ -34,9 +34,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     _gin_args(p)
 
+    p = sub.add_parser("assets", help="build one attack's trigger assets (patterns, trained generators, ...)")
+    p.add_argument("attack")
+    p.add_argument("--clean", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    _gin_args(p)
+
     p = sub.add_parser("poison", help="build the fixed poisoned train/test sets of one attack")
     p.add_argument("attack")
     p.add_argument("--clean", type=Path, required=True)
+    p.add_argument("--assets", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     _gin_args(p)
 
@@ -112,8 +119,10 @@ def run(argv: list[str] | None = None) -> None:
     asked = _configure(args)
     if args.command == "prepare":
         config.call_with_config(stages.prepare, args.dataset, args.raw_root, args.out, asked_config=asked)
+    elif args.command == "assets":
+        config.call_with_config(stages.assets, args.attack, args.clean, args.out, asked_config=asked)
     elif args.command == "poison":
-        config.call_with_config(stages.poison, args.attack, args.clean, args.out, asked_config=asked)
+        config.call_with_config(stages.poison, args.attack, args.clean, args.assets, args.out, asked_config=asked)
     elif args.command == "train":
         config.call_with_config(stages.train, args.defense, args.clean, args.poisoned, args.out, args.curves,
                                 args.checkpoints, asked_config=asked)

@@ -46,16 +46,39 @@ def prepare(dataset: str, raw_root: Path, out: Path, asked_config: str = "") -> 
 
 
 @gin.configurable(module="stages")
-def poison(attack: str, clean: Path, out: Path, seed: int = gin.REQUIRED, asked_config: str = "") -> dict[str, Any]:
+def assets(attack: str, clean: Path, out: Path, seed: int = gin.REQUIRED, asked_config: str = "") -> dict[str, Any]:
+    """Build an attack's trigger assets once from the clean training set (may train a model)."""
+    from asd_repro.attacks import ATTACKS
+    from asd_repro.data import load_prepared
+
+    data = load_prepared(clean)
+    atk = ATTACKS.create(attack)
+    start = time.perf_counter()
+    atk.fit(data.train.x, data.train.y, np.random.default_rng(seed))
+    meta = {"dataset": data.info.name, "attack": attack, "seed": seed,
+            "seconds": round(time.perf_counter() - start, 2)}
+    with atomic_dir(out) as tmp:
+        _write_configs(tmp, asked_config)
+        meta["files"] = save_arrays(tmp, atk.state())
+        write_json(tmp / "meta.json", meta)
+        _write_operative(tmp)
+    print(f"built {attack} assets for {data.info.name} in {meta['seconds']:.1f}s -> {out}")
+    return meta
+
+
+@gin.configurable(module="stages")
+def poison(attack: str, clean: Path, assets_dir: Path, out: Path, seed: int = gin.REQUIRED,
+           asked_config: str = "") -> dict[str, Any]:
     """Build the FIXED poisoned training set and the poisoned test set for one attack."""
     from asd_repro.attacks import ATTACKS
     from asd_repro.data import load_prepared
 
     data = load_prepared(clean)
     atk = ATTACKS.create(attack)
-    rng = np.random.default_rng(seed)
-    atk.fit(data.train.x, data.train.y, rng)
-    train = atk.poison_train(data.train.x, data.train.y, rng)
+    assets_dir = Path(assets_dir)
+    assets_meta = read_json(assets_dir / "meta.json")
+    atk.load_state(load_arrays(assets_dir, assets_meta, producer=f"the assets stage of {attack}"))
+    train = atk.poison_train(data.train.x, data.train.y, np.random.default_rng(seed))
     bd_x, bd_y, bd_index = atk.poison_test(data.test.x, data.test.y)
     meta = {
         "dataset": data.info.name, "attack": attack, "target": atk.target, "ratio": atk.ratio,
@@ -238,7 +261,7 @@ def table(metrics: Path, paper_csv: Path, out: Path, profile: str, datasets: lis
 
 
 def check_params(params_file: Path, out: Path, gin_root: Path = Path("params")) -> None:
-    """Validate params.yaml's matrix before any stage runs (names must have a plug-in and a gin file)."""
+    """Validate params.yaml before any stage runs: every name needs a plug-in and its gin files."""
     import yaml
 
     from asd_repro.registry import module_names
@@ -261,9 +284,14 @@ def check_params(params_file: Path, out: Path, gin_root: Path = Path("params")) 
             if n not in known:
                 raise UserError(f"{params_file}: unknown {kind} {n!r} in '{key}'; known: {', '.join(known)}")
     profile = p.get("profile")
-    if not isinstance(profile, str) or not (gin_root / "profiles" / f"{profile}.gin").is_file():
-        known = sorted(f.stem for f in (gin_root / "profiles").glob("*.gin"))
+    folder = gin_root / "profiles" / str(profile)
+    if not isinstance(profile, str) or not (folder / "common.gin").is_file():
+        known = sorted(f.parent.name for f in (gin_root / "profiles").glob("*/common.gin"))
         raise UserError(f"{params_file}: unknown profile {profile!r}; known: {', '.join(known)}")
+    for part in ["attacks"] + p["defenses"]:
+        if not (folder / f"{part}.gin").is_file():
+            raise UserError(f"{folder / (part + '.gin')}: missing; profile {profile!r} needs a file for every "
+                            "defense in params.yaml (and attacks.gin), even one with only a comment")
     if not isinstance(p.get("seed"), int):
         raise UserError(f"{params_file}: 'seed' must be an integer")
     write_text_atomic(out, "params.yaml is valid\n")

@@ -1,5 +1,6 @@
 """Bad input: one line on stderr naming the file and the fix, exit status 2, no partial outputs."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +30,32 @@ def test_unknown_gin_binding_in_a_file(tmp_path, capsys, repo_cwd):
     bad = tmp_path / "typo.gin"
     bad.write_text("attacks.BadNets.patch_sise = 3\n")
     out = tmp_path / "poisoned"
-    rc, err = _run(capsys, ["poison", "badnets", "--clean", clean, "--out", out, "--seed", 1,
+    rc, err = _run(capsys, ["assets", "badnets", "--clean", clean, "--out", out, "--seed", 1,
                             "--gin", "params/base.gin", "params/attacks/badnets.gin", bad])
     _assert_one_line_error(rc, err, str(bad), "patch_sise")
     assert not out.exists() and not list(tmp_path.glob(".poisoned.partial*"))
 
 
+def test_profile_without_a_file_for_a_defense(tmp_path, capsys, repo_cwd):
+    params = tmp_path / "params.yaml"
+    params.write_text("profile: mini\nseed: 1\ndatasets: [mnist5k]\nattacks: [badnets]\ndefenses: [none]\n")
+    (tmp_path / "params").mkdir()
+    for sub in ("datasets", "attacks", "defenses"):
+        shutil.copytree(Path("params") / sub, tmp_path / "params" / sub)
+    (tmp_path / "params" / "profiles" / "mini").mkdir(parents=True)
+    (tmp_path / "params" / "profiles" / "mini" / "common.gin").write_text("# empty\n")
+    (tmp_path / "params" / "profiles" / "mini" / "attacks.gin").write_text("# empty\n")
+    from asd_repro.errors import UserError
+    from asd_repro.stages import check_params
+
+    with pytest.raises(UserError, match=r"profiles/mini/none\.gin: missing"):
+        check_params(params, tmp_path / "ok", gin_root=tmp_path / "params")
+
+
 def test_unknown_configurable_from_params_yaml(tmp_path, capsys, repo_cwd):
     params = tmp_path / "params.yaml"
     params.write_text("bindings:\n  poison: ['attacks.BadNet.patch_size = 3']\n")
-    rc, err = _run(capsys, ["poison", "badnets", "--clean", tmp_path, "--out", tmp_path / "o", "--seed", 1,
+    rc, err = _run(capsys, ["assets", "badnets", "--clean", tmp_path, "--out", tmp_path / "o", "--seed", 1,
                             "--gin", "params/base.gin", "--bindings-from", f"{params}:bindings.poison"])
     _assert_one_line_error(rc, err, str(params), "attacks.BadNet")
 
@@ -46,12 +63,12 @@ def test_unknown_configurable_from_params_yaml(tmp_path, capsys, repo_cwd):
 def test_malformed_gin_file(tmp_path, capsys, repo_cwd):
     bad = tmp_path / "broken.gin"
     bad.write_text("engine.Augment.crop_padding = (4,\n")
-    rc, err = _run(capsys, ["poison", "badnets", "--clean", tmp_path, "--out", tmp_path / "o", "--gin", bad])
+    rc, err = _run(capsys, ["assets", "badnets", "--clean", tmp_path, "--out", tmp_path / "o", "--gin", bad])
     _assert_one_line_error(rc, err, str(bad))
 
 
 def test_missing_gin_file(tmp_path, capsys, repo_cwd):
-    rc, err = _run(capsys, ["poison", "badnets", "--clean", tmp_path, "--out", tmp_path / "o",
+    rc, err = _run(capsys, ["assets", "badnets", "--clean", tmp_path, "--out", tmp_path / "o",
                             "--gin", "params/attacks/nope.gin"])
     _assert_one_line_error(rc, err, "params/attacks/nope.gin", "not found")
 
@@ -110,19 +127,19 @@ def test_corrupt_cached_array(tmp_path, capsys, repo_cwd):
     data = bytearray(arr.read_bytes())
     data[-5] ^= 0xFF  # one flipped byte in the pixels
     arr.write_bytes(bytes(data))
-    out = tmp_path / "poisoned"
-    rc, err = _run(capsys, ["poison", "badnets", "--clean", clean, "--out", out, "--seed", 1,
+    out = tmp_path / "assets"
+    rc, err = _run(capsys, ["assets", "badnets", "--clean", clean, "--out", out, "--seed", 1,
                             "--gin", "params/base.gin", "params/attacks/badnets.gin"])
     _assert_one_line_error(rc, err, str(arr), "corrupt", "dvc repro -f")
     assert not out.exists()
     arr.write_bytes(b"not an npy file")
-    rc, err = _run(capsys, ["poison", "badnets", "--clean", clean, "--out", out, "--seed", 1,
+    rc, err = _run(capsys, ["assets", "badnets", "--clean", clean, "--out", out, "--seed", 1,
                             "--gin", "params/base.gin", "params/attacks/badnets.gin"])
     _assert_one_line_error(rc, err, str(arr), "corrupt")
 
 
 def test_missing_required_value(tmp_path, capsys, repo_cwd):
     clean = tiny_prepared(tmp_path / "prepared")
-    rc, err = _run(capsys, ["poison", "badnets", "--clean", clean, "--out", tmp_path / "o",
+    rc, err = _run(capsys, ["assets", "badnets", "--clean", clean, "--out", tmp_path / "o",
                             "--gin", "params/base.gin", "params/attacks/badnets.gin"])  # no --seed: SEED unbound
     _assert_one_line_error(rc, err, "SEED")

@@ -6,26 +6,30 @@ from asd_repro.cli import main
 
 from realformat import write_cifar10
 
-PAPER = ["params/base.gin", "params/datasets/cifar10.gin", "params/profiles/paper.gin"]
+PAPER = ["params/base.gin", "params/datasets/cifar10.gin", "params/profiles/paper/common.gin"]
 
 
 def test_paper_profile_runs_on_real_format_cifar10(tmp_path, repo_cwd):
     written = write_cifar10(tmp_path / "raw", n_train_per_class=5, n_test_per_class=2)
-    prepared, poisoned, run = tmp_path / "prepared", tmp_path / "poisoned", tmp_path / "run"
+    prepared, assets, poisoned = tmp_path / "prepared", tmp_path / "assets", tmp_path / "poisoned"
+    run = tmp_path / "run"
     assert main(["prepare", "cifar10", "--raw-root", str(tmp_path / "raw"), "--out", str(prepared),
                  "--gin", "params/datasets/cifar10.gin"]) == 0
     manifest = json.loads((prepared / "manifest.json").read_text())
     assert manifest["counts"] == {"train": 50, "test": 20} and manifest["image_shape"] == [32, 32, 3]
     assert manifest["class_names"] == written["class_names"]
 
-    assert main(["poison", "badnets", "--clean", str(prepared), "--out", str(poisoned), "--seed", "100",
-                 "--gin", *PAPER[:2], "params/attacks/badnets.gin", PAPER[2]]) == 0
+    attack_gin = [*PAPER[:2], "params/attacks/badnets.gin", "params/profiles/paper/attacks.gin"]
+    assert main(["assets", "badnets", "--clean", str(prepared), "--out", str(assets), "--seed", "100",
+                 "--gin", *attack_gin]) == 0
+    assert main(["poison", "badnets", "--clean", str(prepared), "--assets", str(assets), "--out", str(poisoned),
+                 "--seed", "100", "--gin", *attack_gin]) == 0
     meta = json.loads((poisoned / "meta.json").read_text())
     assert meta["target"] == 3 and meta["counts"]["test_asr_set"] == 18  # 20 test images minus 2 of class 3
 
     assert main(["train", "none", "--clean", str(prepared), "--poisoned", str(poisoned), "--out", str(run),
                  "--curves", str(tmp_path / "curves.json"), "--seed", "100",
-                 "--gin", *PAPER[:2], "params/defenses/none.gin", PAPER[2],
+                 "--gin", *PAPER[:2], "params/defenses/none.gin", PAPER[2], "params/profiles/paper/none.gin",
                  "--bind", "defenses.NoDefense.epochs = 1", "--bind", "stages.train.device = 'cpu'"]) == 0
     operative = (run / "operative_config.gin").read_text()
     assert "create_model.arch = 'resnet18'" in operative  # gin writes minimal selectors

@@ -61,4 +61,14 @@ def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
     # (table re-runs only if the new metrics differ: DVC compares hashes, not timestamps)
-    assert ran - {"table"} == {"poison@mnist5k-blend", "train@mnist5k-blend-none", "evaluate@mnist5k-blend-none"}, ran
+    assert ran - {"table"} == {"assets@mnist5k-blend", "poison@mnist5k-blend", "train@mnist5k-blend-none",
+                               "evaluate@mnist5k-blend-none"}, ran
+
+    # Editing a defense's gin file re-runs no attack stage (assets and poisoned sets are cached).
+    none = work / "params" / "defenses" / "none.gin"
+    none.write_text(none.read_text() + "defenses.NoDefense.batch_size = 200\n")
+    fourth = _run(["dvc", "repro"], work)
+    assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
+    ran = set(re.findall(r"Running stage '([^']+)'", fourth.stdout))
+    assert {"train@mnist5k-badnets-none", "train@mnist5k-blend-none"} <= ran
+    assert not any(s.startswith(("prepare", "assets", "poison")) for s in ran), ran

@@ -9,13 +9,15 @@ from asd_repro import stages
 
 from conftest import configure, tiny_prepared
 
-GIN = ["params/base.gin", "params/attacks/badnets.gin", "params/defenses/none.gin", "params/profiles/smoke.gin"]
+GIN = ["params/base.gin", "params/attacks/badnets.gin", "params/defenses/none.gin", "params/profiles/smoke/common.gin",
+       "params/profiles/smoke/none.gin"]
 
 
 def _poisoned(tmp_path):
     clean = tiny_prepared(tmp_path / "prepared")
     configure(GIN, ["SEED = 3", "attacks.BadNets.ratio = 0.2"])
-    stages.poison("badnets", clean, tmp_path / "poisoned")
+    stages.assets("badnets", clean, tmp_path / "assets")
+    stages.poison("badnets", clean, tmp_path / "assets", tmp_path / "poisoned")
     return clean, tmp_path / "poisoned"
 
 

@@ -1,8 +1,10 @@
 """Data-poisoning attacks: each turns a clean dataset into a FIXED poisoned training set.
 
 The attacker hands over a poisoned training set and never touches training, so every attack is
-materialised once (stage ``poison``) and cached. An attack plug-in is one file here plus one gin
-file in ``params/attacks/``.
+materialised once and cached, in two stages: ``assets`` builds the trigger (a patch, a pattern, a
+warping field, a trained generator, adversarial perturbations) with ``fit`` and saves ``state()``;
+``poison`` restores it with ``load_state`` and applies it. An attack plug-in is one file here plus
+one gin file in ``params/attacks/``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,14 @@ class Attack:
         self.ratio = float(ratio)
 
     def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
-        """Build the trigger (pattern, warping field, ...) for images shaped like ``x``."""
+        """Build the trigger (pattern, warping field, ...) from the clean training set ``(x, y)``."""
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The trigger assets built by ``fit``, as named arrays (saved by the ``assets`` stage)."""
+        return {}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what ``state`` returned."""
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Return triggered copies of uint8 images (N, H, W, C)."""

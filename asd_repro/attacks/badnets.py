@@ -45,8 +45,14 @@ class BadNets(Attack):
         patch = REFERENCE_PATCH.repeat(rep, axis=0).repeat(rep, axis=1)[:size, :size]
         self.patch = to_channels(patch, c)
 
+    def state(self) -> dict[str, np.ndarray]:
+        return {"patch": self.patch, "offset": np.array(self.at)}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.patch, self.at = arrays["patch"], int(arrays["offset"])
+
     def apply(self, x: np.ndarray) -> np.ndarray:
-        assert self.patch is not None, "fit() first"
+        assert self.patch is not None, "fit() or load_state() first"
         x = x.copy()
         s = self.patch.shape[0]
         x[:, self.at:self.at + s, self.at:self.at + s, :] = self.patch

@@ -32,7 +32,13 @@ class Blend(Attack):
         pattern_rng = np.random.default_rng(self.pattern_seed)
         self.pattern = pattern_rng.integers(0, 256, size=x.shape[1:], dtype=np.uint8)
 
+    def state(self) -> dict[str, np.ndarray]:
+        return {"pattern": self.pattern}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.pattern = arrays["pattern"]
+
     def apply(self, x: np.ndarray) -> np.ndarray:
-        assert self.pattern is not None, "fit() first"
+        assert self.pattern is not None, "fit() or load_state() first"
         mixed = (1.0 - self.alpha) * x.astype(np.float32) + self.alpha * self.pattern.astype(np.float32)
         return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
