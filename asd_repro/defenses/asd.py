@@ -1,0 +1,214 @@
+"""ASD: backdoor defense via adaptively splitting the poisoned dataset (Gao et al., CVPR 2023).
+
+As the authors' code (KuofengGao/ASD) runs it. The poisoned training set D is split anew at every epoch e into
+a clean pool D_C, which keeps its labels, and a polluted pool D_P = D minus D_C, whose labels are dropped; the
+model f is then trained for one epoch of MixMatch on (D_C, D_P). The split is driven by the per-sample loss
+L1 = symmetric cross entropy, recomputed every epoch on the whole of D (eval mode, train augmentation, the
+labels as handed over):
+
+    D_S = seeds_per_class known-clean samples of every class (the defender's seed samples)
+    for e in 0 .. epochs - 1:
+        L1 = SCE(f(aug(x)), y) for every x in D
+        stage 1, e < stage2_epoch   class-aware loss-guided split:
+            D_C = D_S + the k lowest-L1 non-seed samples of every class, k = n * floor(e / t)
+        stage 2, e < stage3_epoch   class-agnostic loss-guided split:
+            D_C = the alpha fraction of D with the lowest L1
+        stage 3                     meta-split:
+            f' = copy of f; train f' for virtual_epochs of CE on D, Adam at lr beta, only virtual_layers updated
+            D_C = the gamma fraction of D with the smallest reduction L1(f) - L1(f'); f' is discarded
+        D_P = D minus D_C
+        MixMatch epoch of f on (D_C with labels, D_P without)
+
+Differences from the reference code, all deliberate:
+- Stage 1's k is computed from the epoch, so a resumed run continues the schedule (the reference's counter
+  restarts at 0 on resume), and a resumed run starts at the next epoch (the reference repeats the last one).
+- Every random draw (shuffles, augmentations, MixUp's Beta draws and permutations) comes from one checkpointed
+  generator instead of the global RNGs and data-loader workers, so runs repeat exactly on CPU.
+- The virtual model's frozen layers are marked as needing no gradient: the same updates, less backward work.
+- Seed samples are drawn with ``numpy.random.default_rng(seed)``, not the global numpy RNG.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import gin
+import numpy as np
+import torch
+
+from asd_repro.defenses import Context, Defense, Timer, register_defense
+from asd_repro.engine.augment import Augment, Normalize
+from asd_repro.engine.loop import Resumable, predict_logits, train_epoch
+from asd_repro.engine.losses import sce_per_sample
+from asd_repro.engine.mixmatch import mixmatch_epoch
+from asd_repro.engine.optim import make_optimizer, make_schedule
+from asd_repro.errors import UserError
+
+
+def stage1_k(epoch: int, n: int, t: int) -> int:
+    """Samples per class added to the seeds in stage 1: n more every t epochs, none in the first t."""
+    return n * (epoch // t)
+
+
+def class_aware_split(loss: np.ndarray, labels: np.ndarray, seeds: np.ndarray, k: int,
+                      num_classes: int) -> np.ndarray:
+    """The seeds plus, for every class (by the dataset's labels), its k lowest-loss non-seed samples; sorted."""
+    candidate = np.ones(len(loss), dtype=bool)
+    candidate[seeds] = False
+    picks = [seeds]
+    for c in range(num_classes):
+        idx = np.flatnonzero(candidate & (labels == c))
+        picks.append(idx[np.argsort(loss[idx], kind="stable")[:k]])
+    return np.sort(np.concatenate(picks))
+
+
+def lowest_fraction(score: np.ndarray, fraction: float) -> np.ndarray:
+    """Indices of the int(fraction * N) lowest scores, sorted."""
+    return np.sort(np.argsort(score, kind="stable")[:int(len(score) * fraction)])
+
+
+def train_virtual_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, layers: tuple[str, ...],
+                        lr: float, epochs: int, batch_size: int, augment: Augment, normalize: Normalize,
+                        generator: torch.Generator) -> torch.nn.Module:
+    """A copy of ``model`` trained with cross entropy on (x, y), Adam updating only ``layers``; ``model`` untouched.
+
+    The copy trains in train mode, so the batch-norm statistics of every layer move, as in the reference.
+    """
+    virtual = copy.deepcopy(model)
+    missing = [name for name in layers if not hasattr(virtual, name)]
+    if missing:
+        known = ", ".join(name for name, _ in virtual.named_children())
+        raise UserError(f"defenses.ASD.virtual_layers: the model has no {', '.join(missing)}; known: {known}")
+    trained = [p for name in layers for p in getattr(virtual, name).parameters()]
+    virtual.requires_grad_(False)
+    for p in trained:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(trained, lr=lr)
+    for _ in range(epochs):
+        train_epoch(virtual, optimizer, x, y, augment, normalize, batch_size, generator, desc="virtual model")
+    return virtual
+
+
+@register_defense("asd")
+@gin.configurable(module="defenses")
+class ASD(Defense):
+    """ASD; the defaults are the reference's CIFAR-10 values.
+
+    Args:
+        epochs: total epochs (120).
+        stage2_epoch: first epoch (0-based) of stage 2, class-agnostic split (60).
+        stage3_epoch: first epoch of stage 3, meta-split (90).
+        seeds_per_class: known-clean seed samples per class (10).
+        n: stage 1 adds n samples per class to the clean pool ...
+        t: ... every t epochs (10 and 5).
+        alpha: stage 2's clean-pool fraction of the dataset (0.5).
+        gamma: stage 3's clean-pool fraction of the dataset (0.5).
+        beta: the virtual model's Adam learning rate (0.015).
+        virtual_epochs: epochs of training of the virtual model (1).
+        virtual_layers: top-level modules of the model the virtual model's optimiser updates.
+        virtual_batch_size: the virtual model's CE batch size (128).
+        sce_ce_weight: weight of CE in the split loss L1 (0.1).
+        sce_rce_weight: weight of reverse CE in L1 (1.0).
+        sce_prob_min: clamp of the probabilities in reverse CE (1e-7).
+        sce_onehot_min: clamp of the one-hot labels in reverse CE (1e-4).
+        T: MixMatch's sharpening temperature (0.5).
+        K: MixMatch's augmentations per unlabelled sample (2).
+        mixup_alpha: MixUp's Beta(alpha, alpha) parameter (0.75).
+        lambda_u: final weight of the unlabelled loss (15).
+        rampup: epochs of the linear ramp of lambda_u (120, the total).
+        iterations: MixMatch iterations per epoch (1024).
+        batch_size: labelled and unlabelled MixMatch batch size (64 each).
+        optimizer: 'adam' or 'sgd' for the model (adam).
+        lr: the model's learning rate (0.002).
+        weight_decay: the model's weight decay (0).
+        schedule: learning-rate schedule, see ``engine.make_schedule`` ('constant').
+        loss_batch_size: batch size of the inference passes that compute L1 (any value gives the same losses).
+    """
+
+    def __init__(self, epochs: int = 120, stage2_epoch: int = 60, stage3_epoch: int = 90, seeds_per_class: int = 10,
+                 n: int = 10, t: int = 5, alpha: float = 0.5, gamma: float = 0.5, beta: float = 0.015,
+                 virtual_epochs: int = 1, virtual_layers: tuple[str, ...] = ("layer3", "layer4", "fc"),
+                 virtual_batch_size: int = 128, sce_ce_weight: float = 0.1, sce_rce_weight: float = 1.0,
+                 sce_prob_min: float = 1e-7, sce_onehot_min: float = 1e-4, T: float = 0.5, K: int = 2,
+                 mixup_alpha: float = 0.75, lambda_u: float = 15.0, rampup: float = 120, iterations: int = 1024,
+                 batch_size: int = 64, optimizer: str = "adam", lr: float = 0.002, weight_decay: float = 0.0,
+                 schedule: str = "constant", loss_batch_size: int = 1024):
+        problems = [msg for ok, msg in (
+            (0 <= stage2_epoch <= stage3_epoch <= epochs,
+             f"need 0 <= stage2_epoch ({stage2_epoch}) <= stage3_epoch ({stage3_epoch}) <= epochs ({epochs})"),
+            (t >= 1 and n >= 0, f"need t >= 1 and n >= 0 (got t = {t}, n = {n})"),
+            (0 < alpha <= 1 and 0 < gamma <= 1, f"alpha and gamma are fractions in (0, 1] (got {alpha}, {gamma})"),
+            (K >= 1 and iterations >= 1 and batch_size >= 1, "K, iterations and batch_size must be positive"),
+            (len(virtual_layers) > 0, "virtual_layers is empty"),
+        ) if not ok]
+        if problems:
+            raise UserError(f"defenses.ASD: {'; '.join(problems)}; fix the binding")
+        self.epochs, self.stage2_epoch, self.stage3_epoch = epochs, stage2_epoch, stage3_epoch
+        self.seeds_per_class, self.n, self.t = seeds_per_class, n, t
+        self.alpha, self.gamma, self.beta = alpha, gamma, beta
+        self.virtual_epochs, self.virtual_layers = virtual_epochs, tuple(virtual_layers)
+        self.virtual_batch_size = virtual_batch_size
+        self.sce = {"ce_weight": sce_ce_weight, "rce_weight": sce_rce_weight, "prob_min": sce_prob_min,
+                    "onehot_min": sce_onehot_min}
+        self.mixmatch = {"iterations": iterations, "batch_size": batch_size, "K": K, "T": T, "alpha": mixup_alpha,
+                         "lambda_u": lambda_u, "rampup": rampup}
+        self.optimizer, self.lr, self.weight_decay, self.schedule = optimizer, lr, weight_decay, schedule
+        self.loss_batch_size = loss_batch_size
+        self.run_info: dict = {}
+
+    def stage(self, epoch: int) -> int:
+        """Which split (1, 2 or 3) the 0-based ``epoch`` uses."""
+        return 1 if epoch < self.stage2_epoch else 2 if epoch < self.stage3_epoch else 3
+
+    def split_loss(self, model: torch.nn.Module, ctx: Context) -> np.ndarray:
+        """L1 of every training sample: SCE in eval mode on train-augmented images, the dataset's labels."""
+        logits = predict_logits(model, ctx.train_x, ctx.normalize, self.loss_batch_size, ctx.augment, ctx.generator)
+        return sce_per_sample(logits, ctx.train_y, **self.sce).cpu().numpy()
+
+    def meta_split(self, model: torch.nn.Module, ctx: Context, loss: np.ndarray) -> np.ndarray:
+        """The gamma fraction of samples whose L1 a virtual model f' reduces the least; f' is then discarded."""
+        virtual = train_virtual_model(model, ctx.train_x, ctx.train_y, self.virtual_layers, self.beta,
+                                      self.virtual_epochs, self.virtual_batch_size, ctx.augment, ctx.normalize,
+                                      ctx.generator)
+        return lowest_fraction(loss - self.split_loss(virtual, ctx), self.gamma)
+
+    def run(self, ctx: Context) -> torch.nn.Module:
+        model = ctx.new_model()
+        optimizer = make_optimizer(model.parameters(), name=self.optimizer, lr=self.lr, weight_decay=self.weight_decay)
+        schedule = make_schedule(optimizer, self.epochs, name=self.schedule)
+        seeds = ctx.clean_indices(self.seeds_per_class, np.random.default_rng(ctx.seed))  # D_S
+        self.run_info = {"asd_seed_indices": seeds.tolist()}
+        labels = ctx.train_y.cpu().numpy()
+        state = Resumable(ctx.checkpointer, ctx.generator, model=model, optimizer=optimizer, schedule=schedule)
+        restored = state.restore()
+        start = 0
+        if restored is not None:
+            start, ctx.curves[:] = restored["epoch"], restored["curves"]
+            print(f"resuming asd from epoch {start}/{self.epochs}", flush=True)
+        for epoch in range(start, self.epochs):
+            timer = Timer()
+            loss = self.split_loss(model, ctx)  # L1(f)
+            loss_seconds = timer.lap()
+            stage = self.stage(epoch)
+            if stage == 1:
+                clean = class_aware_split(loss, labels, seeds, stage1_k(epoch, self.n, self.t), ctx.num_classes)
+            elif stage == 2:
+                clean = lowest_fraction(loss, self.alpha)
+            else:
+                clean = self.meta_split(model, ctx, loss)
+            meta_seconds = timer.lap()
+            polluted = np.setdiff1d(np.arange(len(loss)), clean)  # D_P
+            lr = optimizer.param_groups[0]["lr"]
+            stats = mixmatch_epoch(model, optimizer, ctx.train_x, ctx.train_y, torch.from_numpy(clean),
+                                   torch.from_numpy(polluted), ctx.augment, ctx.normalize, ctx.generator,
+                                   ctx.num_classes, epoch, desc=f"asd {epoch + 1}/{self.epochs}", **self.mixmatch)
+            schedule.step()
+            mixmatch_seconds = timer.lap()
+            record = {"epoch": epoch + 1, "stage": stage, "clean_pool": len(clean),
+                      "poisoned_in_clean_pool": int(ctx.poison[clean].sum()), "lr": lr, **stats,
+                      "seconds": loss_seconds + meta_seconds + mixmatch_seconds, "loss_pass_seconds": loss_seconds,
+                      "meta_split_seconds": meta_seconds, "mixmatch_seconds": mixmatch_seconds}
+            ctx.end_epoch(record, model, epoch + 1, self.epochs)
+            state.save(epoch=epoch + 1, curves=ctx.curves)
+            ctx.maybe_interrupt(epoch + 1)
+        return model

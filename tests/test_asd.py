@@ -1,0 +1,272 @@
+"""ASD and its parts: the SCE split loss, the three splits, the meta-split's virtual model, MixMatch, the gin
+values against the reference code's, and an exact resume, all on hand-made inputs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import gin
+import numpy as np
+import pytest
+import torch
+
+from asd_repro import config
+from asd_repro.defenses import DEFENSES, Context, Interrupted, asd
+from asd_repro.defenses.asd import ASD, class_aware_split, lowest_fraction, stage1_k, train_virtual_model
+from asd_repro.engine.augment import Augment, Normalize
+from asd_repro.engine.checkpoint import Checkpointer
+from asd_repro.engine.losses import sce, sce_per_sample
+from asd_repro.engine.mixmatch import (interleave, interleave_offsets, mixmatch_epoch, mixmatch_loss, mixup,
+                                       mixup_lambda, ramped_lambda_u, sample_beta, sharpen)
+from asd_repro.models import create_model
+from asd_repro.plugins import load_all
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params"
+
+# The reference code's values (KuofengGao/ASD, config/baseline_asd.yaml), as ASD's attributes hold them.
+REFERENCE = {
+    "epochs": 120, "stage2_epoch": 60, "stage3_epoch": 90, "seeds_per_class": 10, "n": 10, "t": 5,
+    "alpha": 0.5, "gamma": 0.5, "beta": 0.015, "virtual_epochs": 1, "virtual_layers": ("layer3", "layer4", "fc"),
+    "virtual_batch_size": 128, "optimizer": "adam", "lr": 0.002, "weight_decay": 0.0, "schedule": "constant",
+    "sce": {"ce_weight": 0.1, "rce_weight": 1.0, "prob_min": 1e-7, "onehot_min": 1e-4},
+    "mixmatch": {"iterations": 1024, "batch_size": 64, "K": 2, "T": 0.5, "alpha": 0.75, "lambda_u": 15.0,
+                 "rampup": 120},
+}
+
+
+# --- symmetric cross entropy ---------------------------------------------------------------------------------------
+
+
+def test_sce_matches_a_hand_computation():
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]]))
+    targets = torch.tensor([0, 1])
+    # CE = -log p_y; RCE = -log(1e-4) * (1 - p_y); SCE = 0.1 CE + 1.0 RCE
+    expected = [0.1 * math.log(2) + math.log(1e4) * 0.5, 0.1 * math.log(4) + math.log(1e4) * 0.75]
+    np.testing.assert_allclose(sce_per_sample(logits, targets).numpy(), expected, rtol=1e-6)
+    assert sce(logits, targets).item() == pytest.approx(sum(expected) / 2, rel=1e-6)
+    weighted = sce_per_sample(logits, targets, ce_weight=1.0, rce_weight=0.0)
+    np.testing.assert_allclose(weighted.numpy(), [math.log(2), math.log(4)], rtol=1e-6)
+
+
+def test_sce_clamps_tiny_probabilities_at_1e_minus_7():
+    # p = (1, e^-100, e^-100): without the clamp RCE would be ~0; with it each wrong class counts 1e-7.
+    value = sce_per_sample(torch.tensor([[100.0, 0.0, 0.0]]), torch.tensor([0])).item()
+    assert value == pytest.approx(math.log(1e4) * 2e-7, rel=1e-3)
+
+
+# --- the three splits ----------------------------------------------------------------------------------------------
+
+
+def test_stage1_schedule_adds_n_per_class_every_t_epochs():
+    ks = [stage1_k(e, n=10, t=5) for e in range(60)]
+    assert ks[:5] == [0] * 5 and ks[5:10] == [10] * 5 and ks[55:60] == [110] * 5
+    assert ks == [10 * (e // 5) for e in range(60)]
+
+
+def test_class_aware_split_takes_the_seeds_and_the_k_lowest_losses_of_each_labelled_class():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    loss = np.array([9.0, 3.0, 1.0, 2.0, 9.0, 5.0, 4.0, 0.5])
+    seeds = np.array([0, 4])  # high-loss seeds stay in; other samples compete within their label's class
+    assert class_aware_split(loss, labels, seeds, 0, 2).tolist() == [0, 4]
+    assert class_aware_split(loss, labels, seeds, 1, 2).tolist() == [0, 2, 4, 7]
+    assert class_aware_split(loss, labels, seeds, 2, 2).tolist() == [0, 2, 3, 4, 6, 7]
+    assert class_aware_split(loss, labels, seeds, 10, 2).tolist() == list(range(8))
+
+
+def test_class_agnostic_split_takes_the_lowest_fraction_of_the_whole_set():
+    loss = np.array([5.0, 1.0, 4.0, 2.0, 3.0, 0.0])
+    assert lowest_fraction(loss, 0.5).tolist() == [1, 3, 5]
+    assert lowest_fraction(loss, 0.4).tolist() == [1, 5]  # int(0.4 * 6) = 2, as the reference truncates
+
+
+def tiny_model(num_classes: int = 3) -> torch.nn.Module:
+    return create_model(num_classes, 1, 8, arch="slim_resnet", stem="cifar")
+
+
+def tiny_data(n_per_class: int = 16, num_classes: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(num_classes), n_per_class)
+    x = rng.integers(0, 60, size=(len(y), 1, 8, 8)).astype(np.uint8)
+    x[np.arange(len(y)), 0, y, :] = 250  # a class-dependent bright row makes the task learnable
+    poison = np.zeros(len(y), dtype=bool)
+    poison[rng.choice(np.flatnonzero(y != 0), size=4, replace=False)] = True
+    x[poison, 0, 6:8, 6:8] = 255  # a BadNets-like corner patch...
+    y[poison] = 0  # ...and the target label
+    return torch.from_numpy(x), torch.from_numpy(y), poison
+
+
+def test_virtual_model_trains_only_the_chosen_layers_and_leaves_the_model_untouched():
+    torch.manual_seed(0)
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y, _ = tiny_data()
+    virtual = train_virtual_model(model, x, y, ("layer3", "layer4", "fc"), lr=0.015, epochs=1, batch_size=16,
+                                  augment=Augment(1, "reflect", True), normalize=Normalize((0.2,), (0.3,), "cpu"),
+                                  generator=torch.Generator().manual_seed(0))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"the real model changed: {k}"
+    for name, p in virtual.named_parameters():
+        changed = not torch.equal(p, before[name])
+        assert changed == name.startswith(("layer3.", "layer4.", "fc.")), name
+    # train mode: batch-norm statistics move in the frozen layers too
+    assert not torch.equal(virtual.state_dict()["layer1.0.bn1.running_mean"], before["layer1.0.bn1.running_mean"])
+
+
+def test_meta_split_keeps_the_gamma_fraction_with_the_smallest_loss_reduction(monkeypatch):
+    before = np.array([3.0, 3.0, 3.0, 3.0, 1.0, 1.0])
+    after = np.array([0.5, 2.9, 3.2, 1.0, 0.1, 1.0])  # reductions 2.5, 0.1, -0.2, 2.0, 0.9, 0.0
+    monkeypatch.setattr(asd, "train_virtual_model", lambda *args: "virtual model")
+    defense = ASD(gamma=0.5)
+    seen = []
+    defense.split_loss = lambda model, ctx: seen.append(model) or after
+    ctx = SimpleNamespace(train_x=None, train_y=None, augment=None, normalize=None, generator=None)
+    assert defense.meta_split("model", ctx, before).tolist() == [1, 2, 5]
+    assert seen == ["virtual model"]  # the "after" losses come from the virtual model
+
+
+# --- MixMatch ------------------------------------------------------------------------------------------------------
+
+
+def test_sharpen_raises_to_one_over_t_and_renormalises():
+    out = sharpen(torch.tensor([[0.6, 0.4], [0.5, 0.5]]), T=0.5)
+    np.testing.assert_allclose(out.numpy(), [[0.36 / 0.52, 0.16 / 0.52], [0.5, 0.5]], rtol=1e-6)
+
+
+def test_mixup_mixes_inputs_and_targets_with_the_permuted_partners():
+    inputs = torch.tensor([[1.0], [3.0], [10.0]])
+    targets = torch.eye(3)
+    mixed_in, mixed_target = mixup(inputs, targets, 0.7, torch.tensor([1, 2, 0]))
+    np.testing.assert_allclose(mixed_in.numpy().ravel(), [0.7 * 1 + 0.3 * 3, 0.7 * 3 + 0.3 * 10, 0.7 * 10 + 0.3 * 1])
+    np.testing.assert_allclose(mixed_target.numpy(), [[0.7, 0.3, 0], [0, 0.7, 0.3], [0.3, 0, 0.7]], rtol=1e-6)
+
+
+def test_mixup_lambda_is_the_larger_side_of_a_beta_draw_from_the_generator():
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        raw = sample_beta(0.75, torch.Generator().set_state(g.get_state()))
+        assert mixup_lambda(0.75, g) == max(raw, 1 - raw) >= 0.5
+    draws = np.array([sample_beta(0.75, g) for _ in range(4000)])
+    # Beta(0.75, 0.75): mean 1/2, variance a^2 / ((2a)^2 (2a + 1)) = 0.1
+    assert draws.mean() == pytest.approx(0.5, abs=0.02) and draws.var() == pytest.approx(0.1, abs=0.01)
+
+
+def test_lambda_u_ramps_linearly_over_rampup_epochs_then_stays():
+    assert [ramped_lambda_u(p, 15, 120) for p in (0, 30, 60, 120, 500)] == [0.0, 3.75, 7.5, 15.0, 15.0]
+    assert ramped_lambda_u(3.0, 15, 0) == 15.0
+
+
+def test_mixmatch_loss_is_soft_cross_entropy_plus_mean_squared_error():
+    x_logits, x_targets = torch.log(torch.tensor([[0.5, 0.5]])), torch.tensor([[0.8, 0.2]])
+    u_logits, u_targets = torch.log(torch.tensor([[0.75, 0.25]])), torch.tensor([[1.0, 0.0]])
+    lx, lu = mixmatch_loss(x_logits, x_targets, u_logits, u_targets)
+    assert lx.item() == pytest.approx(math.log(2), rel=1e-6)
+    assert lu.item() == pytest.approx((0.25 ** 2 + 0.25 ** 2) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("chunks,batch", [(3, 64), (4, 10), (3, 5)])
+def test_interleave_is_a_permutation_that_round_trips(chunks, batch):
+    xs = list(torch.arange(chunks * batch).view(chunks, batch))
+    mixed = interleave(xs, batch)
+    assert sorted(torch.cat(mixed).tolist()) == list(range(chunks * batch))
+    for a, b in zip(interleave(mixed, batch), xs):
+        assert torch.equal(a, b)
+    # every forward batch now holds a slice of the labelled chunk 0 and of the unlabelled ones
+    for i, m in enumerate(mixed):
+        assert any(v < batch for v in m.tolist()) and (i > 0 or any(v >= batch for v in m.tolist()))
+
+
+def test_interleave_offsets_of_the_reference_batch():
+    assert interleave_offsets(64, 2) == [0, 21, 42, 64]
+
+
+def test_mixmatch_epoch_never_reads_unlabelled_labels_and_ramps_lambda_u_within_the_epoch():
+    torch.manual_seed(0)
+    x, y, _ = tiny_data()
+    y = y.clone()
+    y[24:] = -1  # one_hot would fail on these: the unlabelled pool's labels must not be read
+    model = tiny_model()
+    start = [p.clone() for p in model.parameters()]
+    stats = mixmatch_epoch(model, torch.optim.Adam(model.parameters(), 0.002), x, y, torch.arange(24),
+                           torch.arange(24, 48), Augment(1, "reflect", True), Normalize((0.2,), (0.3,), "cpu"),
+                           torch.Generator().manual_seed(0), 3, epoch=3, iterations=4, batch_size=8, rampup=12)
+    assert stats["lambda_u"] == pytest.approx(np.mean([15 * (3 + i / 4) / 12 for i in range(4)]))
+    assert all(not torch.equal(a, b) for a, b in zip(start, model.parameters()))
+
+
+# --- gin values ----------------------------------------------------------------------------------------------------
+
+
+def asd_from(*files: str) -> ASD:
+    load_all()
+    config.parse([PARAMS / f for f in files], ["SEED = 100"])
+    try:
+        return DEFENSES.create("asd")
+    finally:
+        gin.clear_config()
+
+
+def test_paper_profile_runs_the_reference_values():
+    defense = asd_from("base.gin", "datasets/cifar10.gin", "defenses/asd.gin", "profiles/paper/common.gin",
+                       "profiles/paper/asd.gin")
+    assert {k: getattr(defense, k) for k in REFERENCE} == REFERENCE
+
+
+@pytest.mark.parametrize("profile", ["mini", "smoke"])
+def test_small_profiles_run_every_stage(profile):
+    d = asd_from("base.gin", "datasets/mnist5k.gin", "defenses/asd.gin", f"profiles/{profile}/common.gin",
+                 f"profiles/{profile}/asd.gin")
+    assert 0 < d.stage2_epoch < d.stage3_epoch < d.epochs
+    assert d.mixmatch["rampup"] == d.epochs  # the reference ramps lambda_u over the whole run
+
+
+# --- the defense end to end: records, seeds, exact resume ----------------------------------------------------------
+
+
+def tiny_context(checkpoints: Path | None = None, stop_after_epoch: int | None = None) -> Context:
+    torch.manual_seed(7)  # a fresh process: the seed stages.train sets
+    x, y, poison = tiny_data()
+    test_x, test_y, _ = tiny_data(4, seed=1)
+    return Context(
+        train_x=x, train_y=y, poison=poison, test_x=test_x, test_y=test_y, bd_x=test_x[4:], bd_y=torch.zeros(8).long(),
+        num_classes=3, augment=Augment(1, "reflect", True), normalize=Normalize((0.2,), (0.3,), "cpu"),
+        new_model=tiny_model, generator=torch.Generator().manual_seed(7), checkpointer=Checkpointer(checkpoints, "k"),
+        device=torch.device("cpu"), seed=7, stop_after_epoch=stop_after_epoch)
+
+
+def tiny_asd() -> ASD:
+    return ASD(epochs=4, stage2_epoch=2, stage3_epoch=3, seeds_per_class=2, n=3, t=1, iterations=3, batch_size=4,
+               virtual_batch_size=16, rampup=4, loss_batch_size=16)
+
+
+def test_asd_records_every_stage_and_the_seed_samples():
+    ctx = tiny_context()
+    defense = tiny_asd()
+    defense.run(ctx)
+    seeds = defense.run_info["asd_seed_indices"]
+    assert seeds == ctx.clean_indices(2, np.random.default_rng(7)).tolist()
+    assert not ctx.poison[seeds].any() and np.bincount(ctx.train_y.numpy()[seeds]).tolist() == [2, 2, 2]
+    # stage 1 grows by n = 3 per class after its first epoch; stages 2 and 3 keep half of the 48 samples
+    assert [(r["epoch"], r["stage"], r["clean_pool"]) for r in ctx.curves] == [(1, 1, 6), (2, 1, 15), (3, 2, 24),
+                                                                               (4, 3, 24)]
+    for r in ctx.curves:
+        assert {"poisoned_in_clean_pool", "loss", "lx", "lu", "lambda_u", "seconds", "loss_pass_seconds",
+                "meta_split_seconds", "mixmatch_seconds", "acc", "asr"} <= set(r)
+        assert 0 <= r["poisoned_in_clean_pool"] <= r["clean_pool"]
+
+
+def test_asd_resumed_twice_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
+    ctx = tiny_context()
+    whole = tiny_asd().run(ctx).state_dict()
+    for stop in (1, 3):  # killed within stage 1 (k grows next epoch) and after stage 2
+        with pytest.raises(Interrupted):
+            tiny_asd().run(tiny_context(tmp_path, stop_after_epoch=stop))
+    resumed_ctx = tiny_context(tmp_path)
+    resumed = tiny_asd().run(resumed_ctx).state_dict()
+    for k, v in whole.items():
+        assert torch.equal(v, resumed[k]), k
+    timing = ("seconds", "loss_pass_seconds", "meta_split_seconds", "mixmatch_seconds")
+    strip = [[{k: v for k, v in r.items() if k not in timing} for r in c.curves] for c in (ctx, resumed_ctx)]
+    assert strip[0] == strip[1]
