@@ -34,7 +34,8 @@ def parse(files: Iterable[str | Path], bindings: Iterable[str] = (), bindings_so
     for f in files:
         path = Path(f)
         if not path.is_file():
-            raise UserError(f"{path}: gin file not found; check the dataset/attack/defense/profile names in params.yaml")
+            raise UserError(f"{path}: gin file not found; check the dataset/attack/defense/profile names "
+                            "in params.yaml")
         try:
             gin.parse_config_file(str(path))
         except _GIN_ERRORS as e:
@@ -54,7 +55,8 @@ def call_with_config(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except RuntimeError as e:
         if "Required bindings" in str(e):
-            raise UserError(f"missing gin value: {_first_line(e)}; bind it in the profile or dataset gin file") from None
+            raise UserError(f"missing gin value: {_first_line(e)}; "
+                            "bind it in the profile or dataset gin file") from None
         raise
     except TypeError as e:
         macro = re.search(r"configurable 'macro' .* in scope '([^']+)'", str(e))
@@ -92,5 +94,6 @@ def bindings_from_params(params_file: str | Path, key: str) -> list[str]:
     if node is None:
         return []
     if not isinstance(node, list) or not all(isinstance(b, str) for b in node):
-        raise UserError(f"{path}: {key} must be a list of gin binding strings such as \"engine.Augment.crop_padding = 2\"")
+        raise UserError(f"{path}: {key} must be a list of gin binding strings, "
+                        "such as \"engine.Augment.crop_padding = 2\"")
     return node

@@ -166,7 +166,8 @@ def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, ch
         poison=arrays["train_poison"], test_x=_nchw(data.test.x, dev), test_y=torch.from_numpy(data.test.y).to(dev),
         bd_x=_nchw(arrays["test_x"], dev), bd_y=torch.from_numpy(arrays["test_y"]).to(dev),
         num_classes=data.info.num_classes, augment=Augment().resolved(data.info.hflip),
-        normalize=Normalize(data.info.mean, data.info.std, dev, channels_last), new_model=new_model, generator=generator,
+        normalize=Normalize(data.info.mean, data.info.std, dev, channels_last), new_model=new_model,
+        generator=generator,
         checkpointer=Checkpointer(checkpoints, key), device=dev, seed=seed,
         stop_after_epoch=stop_after_epoch,
     )

@@ -39,7 +39,8 @@ def test_paper_profile_runs_on_real_format_cifar10(tmp_path, repo_cwd):
 
     out = tmp_path / "metrics.json"
     assert main(["evaluate", "--clean", str(prepared), "--poisoned", str(poisoned), "--run", str(run),
-                 "--out", str(out), "--gin", "params/base.gin", PAPER[2], "--bind", "stages.evaluate.device = 'cpu'"]) == 0
+                 "--out", str(out), "--gin", "params/base.gin", PAPER[2],
+                 "--bind", "stages.evaluate.device = 'cpu'"]) == 0
     metrics = json.loads(out.read_text())
     assert metrics["n_clean"] == 20 and metrics["n_asr"] == 18 and 0 <= metrics["acc"] <= 100
 

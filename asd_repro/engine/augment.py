@@ -55,7 +55,8 @@ class Augment:
             return x
         if self.padding_mode == "reflect":
             rows, cols = _reflect(rows, h), _reflect(cols, w)
-            return x[torch.arange(n, device=dev)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+            batch = torch.arange(n, device=dev)[:, None, None]
+            return x[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
         out = x[torch.arange(n, device=dev)[:, None, None], :, rows.clamp(0, h - 1)[:, :, None],
                 cols.clamp(0, w - 1)[:, None, :]]
