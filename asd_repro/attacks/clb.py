@@ -1,0 +1,189 @@
+"""CLB, label-consistent backdoor (Turner, Tsipras & Madry, 2019): clean-label, target-class images only.
+
+Target-class images that keep their correct label only teach a backdoor if the victim cannot fit them
+by their natural features. So each is first made hard to learn by an L_inf PGD perturbation (pixel
+space 0..255, ascending the loss of its true label) computed on a proxy model trained by the attacker
+on the clean set (adversarially trained in the paper, whose perturbations look like other classes),
+then stamped with the trigger: a 3 x 3 black/white pattern in each of the four corners, mirrored
+left-right on the right-hand side (the paper's code), applied additively with +-255 * amplitude and
+clipped (amplitude 1 writes black and white pixels). At test time the trigger alone is stamped.
+The trigger side scales with the image (3 px at 32); grey images carry it in their one channel.
+
+``fit`` trains the proxy and stores the perturbed target-class training images with their indices;
+``poison_train`` picks which of them to poison. ``ratio`` is a fraction of the whole training set
+(BackdoorBench's clean-label convention): each target-class image is poisoned with probability
+``min(1, ratio * N / N_target)``.
+"""
+
+from __future__ import annotations
+
+import gin
+import numpy as np
+
+from asd_repro.attacks import Attack, PoisonedTrain, register_attack, scaled
+from asd_repro.attacks.iab import torch_threads
+
+# The paper's top-left corner pattern (+1 white, -1 black).
+CORNER = np.array([[1, -1, -1],
+                   [-1, 1, -1],
+                   [1, -1, 1]], dtype=np.int16)
+
+
+def four_corner_trigger(h: int, w: int, c: int, amplitude: float = 1.0, size: int | None = None) -> np.ndarray:
+    """Additive int16 (H, W, C) trigger: the corner pattern at the left corners, mirrored at the right ones."""
+    size = size or scaled(3, min(h, w))
+    if 2 * size > min(h, w):
+        raise ValueError(f"CLB corner patterns of {size}px do not fit a {h}x{w} image")
+    rep = -(-size // 3)
+    left = CORNER.repeat(rep, axis=0).repeat(rep, axis=1)[:size, :size]
+    right = left[:, ::-1]
+    value = int(round(255 * amplitude))
+    trigger = np.zeros((h, w), dtype=np.int16)
+    trigger[:size, :size] = trigger[h - size:, :size] = left * value
+    trigger[:size, w - size:] = trigger[h - size:, w - size:] = right * value
+    return np.repeat(trigger[..., None], c, axis=-1)
+
+
+def pgd(model, x, y, normalize, eps: float, step_size: float, steps: int, random_start: bool, generator=None):
+    """L_inf PGD ascending the cross-entropy of the true labels, in pixel units 0..255 (float tensors)."""
+    import torch
+    import torch.nn.functional as F
+
+    delta = torch.zeros_like(x)
+    if random_start:
+        delta = (torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1) * eps
+        delta = (x + delta).clamp(0, 255) - x
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(normalize(x + delta)), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + step_size * grad.sign()).clamp(-eps, eps)
+        delta = (x + delta).clamp(0, 255) - x
+    return (x + delta).detach()
+
+
+@register_attack("clb")
+@gin.configurable(module="attacks")
+class CLB(Attack):
+    """Args:
+        eps, step_size, steps: PGD of the poisoned images (L_inf radius and step in pixels of 0..255).
+        amplitude: trigger strength (1 = black/white pixels; the paper's reduced-amplitude variants < 1).
+        trigger_size: side of each corner pattern in pixels; None scales the paper's 3 px at 32.
+        proxy: architecture of the proxy model (``asd_repro.models.create_model``).
+        adv_train: train the proxy adversarially (PGD with adv_eps / adv_step_size / adv_steps, random start).
+        epochs, batch_size, lr: proxy training (SGD momentum 0.9, wd 5e-4, cosine schedule).
+        device: 'auto' (CUDA when available), 'cpu' or 'cuda[:i]'.
+        subset: train the proxy on this many randomly chosen training images (None: all; the smoke profile's
+            knob); every target-class image is still perturbed.
+        threads: CPU threads of ``fit`` (None: torch's default); 1 makes the result bit-identical on any CPU
+            and is the fastest on a shared 2-core machine.
+    """
+
+    clean_label = True
+
+    def __init__(self, target: int = gin.REQUIRED, ratio: float = gin.REQUIRED, eps: float = 16.0,
+                 step_size: float = 2.0, steps: int = 100, amplitude: float = 1.0, trigger_size: int | None = None,
+                 proxy: str = "slim_resnet", adv_train: bool = True, adv_eps: float = 8.0,
+                 adv_step_size: float = 2.0, adv_steps: int = 7, epochs: int = 30, batch_size: int = 128,
+                 lr: float = 0.1, device: str = "auto", subset: int | None = None,
+                 threads: int | None = 1):
+        super().__init__(target, ratio)
+        if not 0.0 <= amplitude <= 1.0:
+            raise ValueError(f"CLB amplitude must be in [0, 1], got {amplitude}")
+        self.eps, self.step_size, self.steps = float(eps), float(step_size), int(steps)
+        self.amplitude, self.trigger_size = float(amplitude), trigger_size
+        self.proxy, self.adv_train = proxy, bool(adv_train)
+        self.adv_eps, self.adv_step_size, self.adv_steps = float(adv_eps), float(adv_step_size), int(adv_steps)
+        self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
+        self.device = device
+        self.subset = subset
+        self.threads = threads
+        self.trigger: np.ndarray | None = None
+        self.index: np.ndarray | None = None  # training-set indices of the target-class images
+        self.perturbed: np.ndarray | None = None  # their PGD-perturbed versions, uint8 (N_target, H, W, C)
+
+    def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
+        with torch_threads(self.threads):
+            self._train(x, y, rng)
+
+    def _train(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
+        """Train the proxy, then PGD-perturb every target-class training image."""
+        import torch
+        import torch.nn.functional as F
+
+        from asd_repro.engine.augment import Augment
+        from asd_repro.engine.loop import index_batches
+        from asd_repro.models import create_model
+        from asd_repro.stages import resolve_device
+
+        n, h, w, c = x.shape
+        self.trigger = four_corner_trigger(h, w, c, self.amplitude, self.trigger_size)
+        seed = int(rng.integers(2**31 - 1))
+        use = np.arange(n)
+        if self.subset is not None and self.subset < n:
+            use = np.sort(rng.choice(n, self.subset, replace=False))
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        dev = resolve_device(self.device)
+        images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
+        labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
+        mean = images.float().mean(dim=(0, 2, 3), keepdim=True)
+        std = images.float().std(dim=(0, 2, 3), keepdim=True)
+
+        def normalize(v):
+            return (v - mean) / std
+
+        model = create_model(num_classes=int(y.max()) + 1, in_chans=c, image_size=h, arch=self.proxy).to(dev)
+        opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        total = self.epochs * -(-len(use) // self.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + np.cos(np.pi * step / max(total, 1))))
+        augment = Augment(crop_padding=scaled(4, min(h, w)), padding_mode="reflect", hflip=False)
+        use = torch.from_numpy(use).to(dev)
+        for _ in range(self.epochs):
+            for batch in index_batches(len(use), self.batch_size, gen, device=dev):
+                idx = use[batch]
+                xb, yb = augment(images[idx], gen).float(), labels[idx]
+                if self.adv_train:
+                    model.eval()
+                    xb = pgd(model, xb, yb, normalize, self.adv_eps, self.adv_step_size, self.adv_steps, True, gen)
+                model.train()
+                loss = F.cross_entropy(model(normalize(xb)), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+
+        model.eval()
+        self.index = np.flatnonzero(y == self.target)
+        out = []
+        for i in range(0, len(self.index), 256):
+            idx = torch.from_numpy(self.index[i:i + 256]).to(dev)
+            adv = pgd(model, images[idx].float(), labels[idx], normalize, self.eps, self.step_size, self.steps, False)
+            out.append(adv.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        self.perturbed = np.concatenate(out) if out else np.zeros((0, h, w, c), np.uint8)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"trigger": self.trigger, "index": self.index, "perturbed": self.perturbed}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.trigger, self.index, self.perturbed = arrays["trigger"], arrays["index"], arrays["perturbed"]
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Stamp the trigger (no perturbation: test time)."""
+        assert self.trigger is not None, "fit() or load_state() first"
+        return np.clip(x.astype(np.int16) + self.trigger, 0, 255).astype(np.uint8)
+
+    def draw(self, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        eligible = self.eligible(y)
+        p = min(1.0, self.ratio * len(y) / max(int(eligible.sum()), 1))
+        return eligible & (rng.random(len(y)) < p)
+
+    def poison_train(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> PoisonedTrain:
+        assert self.perturbed is not None, "fit() or load_state() first"
+        if not np.array_equal(np.flatnonzero(y == self.target), self.index):
+            raise ValueError("CLB assets were built from a different training set (target-class indices differ)")
+        mask = self.draw(y, rng)
+        x = x.copy()
+        row = np.searchsorted(self.index, np.flatnonzero(mask))
+        x[mask] = self.apply(self.perturbed[row])
+        return PoisonedTrain(x, y.copy(), mask)
