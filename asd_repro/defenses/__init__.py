@@ -16,7 +16,7 @@ import torch
 
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.checkpoint import Checkpointer
-from asd_repro.engine.loop import accuracy
+from asd_repro.engine.loop import Resumable, accuracy
 from asd_repro.registry import Registry
 
 DEFENSES = Registry("defense", "asd_repro.defenses")
@@ -67,6 +67,15 @@ class Context:
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
         print(f"[epoch {epochs_done}/{total}] {shown}", flush=True)
         return record
+
+    def resume(self, state: Resumable, phase: str, total: int) -> int:
+        """Restore ``state`` and the curves from the last checkpoint; return the first epoch to run."""
+        restored = state.restore()
+        if restored is None:
+            return 0
+        self.curves[:] = restored["curves"]
+        print(f"resuming {phase} from epoch {restored['epoch']}/{total}", flush=True)
+        return restored["epoch"]
 
     def maybe_interrupt(self, epochs_done: int) -> None:
         if self.stop_after_epoch is not None and epochs_done >= self.stop_after_epoch:

@@ -180,11 +180,7 @@ class ASD(Defense):
         self.run_info = {"asd_seed_indices": seeds.tolist()}
         labels = ctx.train_y.cpu().numpy()
         state = Resumable(ctx.checkpointer, ctx.generator, model=model, optimizer=optimizer, schedule=schedule)
-        restored = state.restore()
-        start = 0
-        if restored is not None:
-            start, ctx.curves[:] = restored["epoch"], restored["curves"]
-            print(f"resuming asd from epoch {start}/{self.epochs}", flush=True)
+        start = ctx.resume(state, "asd", self.epochs)
         for epoch in range(start, self.epochs):
             timer = Timer()
             loss = self.split_loss(model, ctx)  # L1(f)

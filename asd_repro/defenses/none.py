@@ -18,11 +18,7 @@ def supervised_training(ctx: Context, model: torch.nn.Module, epochs: int, batch
     optimizer = make_optimizer(model.parameters())
     schedule = make_schedule(optimizer, epochs)
     state = Resumable(ctx.checkpointer, ctx.generator, model=model, optimizer=optimizer, schedule=schedule)
-    restored = state.restore()
-    start = 0
-    if restored is not None:
-        start, ctx.curves[:] = restored["epoch"], restored["curves"]
-        print(f"resuming {phase} from epoch {start}/{epochs}", flush=True)
+    start = ctx.resume(state, phase, epochs)
     for epoch in range(start, epochs):
         timer = Timer()
         lr = optimizer.param_groups[0]["lr"]
