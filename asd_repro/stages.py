@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,87 @@ def resolve_device(device: str):
     return torch.device(device)
 
 
-def _nchw(a: np.ndarray, device) -> Any:
+@dataclass
+class Cell:
+    """What every training stage of one table cell starts from: its data, device, seeded RNGs and model factory.
+
+    ``open_cell`` seeds python, numpy and torch, so models built afterwards (``new_model``) are initialised from
+    the seed in the order the stage builds them.
+    """
+
+    data: Any  # data.PreparedDataset
+    meta: dict[str, Any]  # the poisoned set's meta.json
+    arrays: dict[str, np.ndarray]  # the poisoned set
+    device: Any
+    generator: Any  # torch.Generator of every random draw after the model initialisations
+    model_kwargs: dict[str, int]
+    seed: int
+    channels_last: bool
+    clean_files: dict[str, Any]  # the prepared dataset's file digests (part of the checkpoint key)
+
+    @property
+    def memory_format(self) -> Any:
+        import torch
+
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def new_model(self) -> Any:
+        from asd_repro.models import create_model
+
+        return create_model(**self.model_kwargs).to(self.device, memory_format=self.memory_format)
+
+    def normalize(self) -> Any:
+        from asd_repro.engine.augment import Normalize
+
+        return Normalize(self.data.info.mean, self.data.info.std, self.device, self.channels_last)
+
+    def fingerprint(self, asked_config: str, name: str, *extra: str) -> str:
+        """The checkpoint key of stage ``name``: the asked config, the seed, the digests of the cell's data files
+        and ``extra`` (e.g. the digest of an upstream model)."""
+        from asd_repro.engine.checkpoint import fingerprint
+
+        return fingerprint(asked_config, name, str(self.seed), json.dumps(self.meta["files"], sort_keys=True),
+                           json.dumps(self.clean_files, sort_keys=True), *extra)
+
+
+def open_cell(clean: Path, poisoned: Path, seed: int, device: str, channels_last: bool) -> Cell:
+    """Load a cell's prepared and poisoned sets, pick the device and seed every RNG (see ``Cell``)."""
+    import random
+
+    import torch
+
+    from asd_repro.data import load_prepared
+
+    data = load_prepared(clean)
+    meta, arrays = load_poisoned(poisoned)
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    h, w, c = arrays["train_x"].shape[1:]
+    return Cell(data=data, meta=meta, arrays=arrays, device=dev, generator=generator,
+                model_kwargs={"num_classes": data.info.num_classes, "in_chans": int(c), "image_size": int(h)},
+                seed=seed, channels_last=channels_last, clean_files=read_json(Path(clean) / "manifest.json")["files"])
+
+
+def write_run_folder(folder: Path, asked_config: str, model: Any, model_kwargs: dict[str, Any], record_name: str,
+                     record: dict[str, Any]) -> None:
+    """Fill a model folder: ``config.gin``, ``model.pt``, the stage's JSON record and ``operative_config.gin``.
+
+    ``model.pt`` holds the weights on the CPU with the recipe ``load_model`` rebuilds the model from: the model's
+    own ``create_kwargs`` when ``models.create_model`` built it, else ``model_kwargs``.
+    """
+    import torch
+
+    _write_configs(folder, asked_config)
+    recipe = getattr(model, "create_kwargs", model_kwargs)
+    torch.save({"model_kwargs": recipe, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
+               folder / "model.pt")
+    write_json(folder / record_name, record)
+    _write_operative(folder)
+
+def to_nchw(a: np.ndarray, device) -> Any:
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(device)
@@ -140,41 +221,23 @@ def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, ch
     """
     import torch
 
-    from asd_repro.data import load_prepared
     from asd_repro.defenses import DEFENSES, Context
-    from asd_repro.engine.augment import Augment, Normalize
-    from asd_repro.engine.checkpoint import Checkpointer, fingerprint
-    from asd_repro.models import create_model
+    from asd_repro.engine.augment import Augment
+    from asd_repro.engine.checkpoint import Checkpointer
 
-    data = load_prepared(clean)
-    meta, arrays = load_poisoned(poisoned)
-    dev = resolve_device(device)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    import random
-    random.seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    h, w, c = arrays["train_x"].shape[1:]
-    model_kwargs = {"num_classes": data.info.num_classes, "in_chans": int(c), "image_size": int(h)}
-
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def new_model():
-        return create_model(**model_kwargs).to(dev, memory_format=memory_format)
-
+    cell = open_cell(clean, poisoned, seed, device, channels_last)
+    data, arrays, dev = cell.data, cell.arrays, cell.device
     defense_obj = DEFENSES.create(defense)
     upstream_model, upstream_key = None, ""
     if upstream is not None:
-        upstream_model, upstream_key = load_model(upstream, dev, memory_format)
-    key = fingerprint(asked_config, defense, str(seed), json.dumps(meta["files"], sort_keys=True),
-                      json.dumps(read_json(Path(clean) / "manifest.json")["files"], sort_keys=True), upstream_key)
+        upstream_model, upstream_key = load_model(upstream, dev, cell.memory_format)
+    key = cell.fingerprint(asked_config, defense, upstream_key)
     ctx = Context(
-        train_x=_nchw(arrays["train_x"], dev), train_y=torch.from_numpy(arrays["train_y"]).to(dev),
-        poison=arrays["train_poison"], test_x=_nchw(data.test.x, dev), test_y=torch.from_numpy(data.test.y).to(dev),
-        bd_x=_nchw(arrays["test_x"], dev), bd_y=torch.from_numpy(arrays["test_y"]).to(dev),
+        train_x=to_nchw(arrays["train_x"], dev), train_y=torch.from_numpy(arrays["train_y"]).to(dev),
+        poison=arrays["train_poison"], test_x=to_nchw(data.test.x, dev), test_y=torch.from_numpy(data.test.y).to(dev),
+        bd_x=to_nchw(arrays["test_x"], dev), bd_y=torch.from_numpy(arrays["test_y"]).to(dev),
         num_classes=data.info.num_classes, augment=Augment().resolved(data.info.hflip),
-        normalize=Normalize(data.info.mean, data.info.std, dev, channels_last), new_model=new_model,
-        generator=generator,
+        normalize=cell.normalize(), new_model=cell.new_model, generator=cell.generator,
         checkpointer=Checkpointer(checkpoints, key), device=dev, seed=seed,
         stop_after_epoch=stop_after_epoch, upstream=upstream_model, eval_batch_size=eval_batch_size,
     )
@@ -182,20 +245,15 @@ def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, ch
     model = defense_obj.run(ctx)
     seconds = time.perf_counter() - start
     final = ctx.evaluate(model)
-    info = {"dataset": data.info.name, "attack": meta["attack"], "defense": defense, "seed": seed,
+    info = {"dataset": data.info.name, "attack": cell.meta["attack"], "defense": defense, "seed": seed,
             "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
-            "train_seconds": round(seconds, 2), "final_epoch": final, "model": model_kwargs,
+            "train_seconds": round(seconds, 2), "final_epoch": final, "model": cell.model_kwargs,
             **getattr(defense_obj, "run_info", {})}
     with atomic_dir(out) as tmp:
-        _write_configs(tmp, asked_config)
-        recipe = getattr(model, "create_kwargs", model_kwargs)
-        torch.save({"model_kwargs": recipe, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
-                   tmp / "model.pt")
-        write_json(tmp / "run.json", info)
-        _write_operative(tmp)
+        write_run_folder(tmp, asked_config, model, cell.model_kwargs, "run.json", info)
     write_json(curves, ctx.curves)
     ctx.checkpointer.clear()
-    print(f"trained {data.info.name}/{meta['attack']}/{defense} in {seconds:.1f}s on {dev}: "
+    print(f"trained {data.info.name}/{cell.meta['attack']}/{defense} in {seconds:.1f}s on {dev}: "
           f"ACC {final['acc']:.2f} ASR {final['asr']:.2f} -> {out}")
     return info
 
@@ -306,8 +364,8 @@ def asr_and_acc(model, clean_x: np.ndarray, clean_y: np.ndarray, bd_x: np.ndarra
 
     if np.any(bd_y != target):
         raise ValueError("the poisoned test set must be labelled with the target class")
-    pred = predict_logits(model, _nchw(clean_x, device), normalize, batch_size).argmax(1).cpu().numpy()
-    bd_pred = predict_logits(model, _nchw(bd_x, device), normalize, batch_size).argmax(1).cpu().numpy()
+    pred = predict_logits(model, to_nchw(clean_x, device), normalize, batch_size).argmax(1).cpu().numpy()
+    bd_pred = predict_logits(model, to_nchw(bd_x, device), normalize, batch_size).argmax(1).cpu().numpy()
     return {"acc": 100.0 * float(np.mean(pred == clean_y)) if len(clean_y) else None,
             "asr": 100.0 * float(np.mean(bd_pred == target)) if len(bd_y) else None,
             "n_clean": int(len(clean_y)), "n_asr": int(len(bd_y))}

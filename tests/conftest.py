@@ -27,6 +27,22 @@ def configure(files: list[str], bindings: list[str] = ()) -> str:
     return config.asked_config(files, bindings)
 
 
+def defense_from(name: str, *files: str):
+    """The defense ``name`` as the gin files under params/ (composed in that order, SEED = 100) configure it."""
+    import gin
+
+    from asd_repro import config
+    from asd_repro.defenses import DEFENSES
+    from asd_repro.plugins import load_all
+
+    load_all()
+    config.parse([str(REPO / "params" / f) for f in files], ["SEED = 100"])
+    try:
+        return DEFENSES.create(name)
+    finally:
+        gin.clear_config()
+
+
 def tiny_prepared(folder: Path, n_per_class: int = 12, n_test_per_class: int = 4, size: int = 12,
                   channels: int = 1, classes: int = 10) -> Path:
     """A learnable toy dataset: class c is a bright horizontal bar at row c (plus noise)."""

@@ -7,22 +7,20 @@ import json
 import math
 from pathlib import Path
 
-import gin
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from asd_repro import config, stages
-from asd_repro.defenses import DEFENSES, Context, Interrupted
+from asd_repro import stages
+from asd_repro.defenses import Context, Interrupted
 from asd_repro.defenses.abl import ABL, isolate, lga_loss, negated_ce
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.checkpoint import Checkpointer
 from asd_repro.engine.loop import predict_logits
 from asd_repro.errors import UserError
-from asd_repro.plugins import load_all
 
-from conftest import configure, tiny_data, tiny_model, tiny_prepared
+from conftest import configure, defense_from, tiny_data, tiny_model, tiny_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params"
@@ -163,18 +161,9 @@ def test_a_ratio_that_isolates_nothing_is_a_user_error():
 # --- gin values ----------------------------------------------------------------------------------------------------
 
 
-def abl_from(*files: str) -> ABL:
-    load_all()
-    config.parse([PARAMS / f for f in files], ["SEED = 100"])
-    try:
-        return DEFENSES.create("abl")
-    finally:
-        gin.clear_config()
-
-
 def test_paper_profile_runs_the_paper_values():
-    defense = abl_from("base.gin", "datasets/cifar10.gin", "defenses/abl.gin", "profiles/paper/common.gin",
-                       "profiles/paper/abl.gin")
+    defense = defense_from("abl", "base.gin", "datasets/cifar10.gin", "defenses/abl.gin", "profiles/paper/common.gin",
+                           "profiles/paper/abl.gin")
     assert {k: getattr(defense, k) for k in PAPER} == PAPER
     assert defense.total_epochs == 100
     # the reference decays the fine-tuning lr at epoch 40 of 60
@@ -183,8 +172,8 @@ def test_paper_profile_runs_the_paper_values():
 
 @pytest.mark.parametrize("profile", ["mini", "smoke"])
 def test_small_profiles_run_every_phase(profile):
-    d = abl_from("base.gin", "datasets/mnist5k.gin", "defenses/abl.gin", f"profiles/{profile}/common.gin",
-                 f"profiles/{profile}/abl.gin")
+    d = defense_from("abl", "base.gin", "datasets/mnist5k.gin", "defenses/abl.gin", f"profiles/{profile}/common.gin",
+                     f"profiles/{profile}/abl.gin")
     assert d.isolation_epochs >= 1 and d.finetune_epochs >= 1 and d.unlearning_epochs >= 1
     assert d.gamma == 0.5 and d.isolation_ratio == 0.01 and d.unlearning_lr == 0.0005
 

@@ -7,22 +7,19 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import gin
 import numpy as np
 import pytest
 import torch
 
-from asd_repro import config
-from asd_repro.defenses import DEFENSES, Context, Interrupted, asd
+from asd_repro.defenses import Context, Interrupted, asd
 from asd_repro.defenses.asd import ASD, class_aware_split, lowest_fraction, stage1_k, train_virtual_model
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.checkpoint import Checkpointer
 from asd_repro.engine.losses import sce, sce_per_sample
 from asd_repro.engine.mixmatch import (interleave, interleave_offsets, mixmatch_epoch, mixmatch_loss, mixup,
                                        mixup_lambda, ramped_lambda_u, sample_beta, sharpen)
-from asd_repro.plugins import load_all
 
-from conftest import tiny_data, tiny_model
+from conftest import defense_from, tiny_data, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params"
@@ -184,25 +181,16 @@ def test_mixmatch_epoch_never_reads_unlabelled_labels_and_ramps_lambda_u_within_
 # --- gin values ----------------------------------------------------------------------------------------------------
 
 
-def asd_from(*files: str) -> ASD:
-    load_all()
-    config.parse([PARAMS / f for f in files], ["SEED = 100"])
-    try:
-        return DEFENSES.create("asd")
-    finally:
-        gin.clear_config()
-
-
 def test_paper_profile_runs_the_reference_values():
-    defense = asd_from("base.gin", "datasets/cifar10.gin", "defenses/asd.gin", "profiles/paper/common.gin",
-                       "profiles/paper/asd.gin")
+    defense = defense_from("asd", "base.gin", "datasets/cifar10.gin", "defenses/asd.gin", "profiles/paper/common.gin",
+                           "profiles/paper/asd.gin")
     assert {k: getattr(defense, k) for k in REFERENCE} == REFERENCE
 
 
 @pytest.mark.parametrize("profile", ["mini", "smoke"])
 def test_small_profiles_run_every_stage(profile):
-    d = asd_from("base.gin", "datasets/mnist5k.gin", "defenses/asd.gin", f"profiles/{profile}/common.gin",
-                 f"profiles/{profile}/asd.gin")
+    d = defense_from("asd", "base.gin", "datasets/mnist5k.gin", "defenses/asd.gin", f"profiles/{profile}/common.gin",
+                     f"profiles/{profile}/asd.gin")
     assert 0 < d.stage2_epoch < d.stage3_epoch < d.epochs
     assert d.mixmatch["rampup"] == d.epochs  # the reference ramps lambda_u over the whole run
 

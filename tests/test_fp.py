@@ -6,18 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import gin
 import pytest
 import torch
 
-from asd_repro import config, stages
-from asd_repro.defenses import DEFENSES, Interrupted
+from asd_repro import stages
+from asd_repro.defenses import Interrupted
 from asd_repro.defenses.fp import FP, ChannelMask, pooled_features, prune_search, pruning_schedule
 from asd_repro.engine.augment import Normalize
 from asd_repro.errors import UserError
 from asd_repro.models import create_model
-from asd_repro.plugins import load_all
 
+from conftest import defense_from
 from posttraining import poisoned_with_upstream, train_repair
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
@@ -121,18 +120,9 @@ def test_bad_bindings_are_one_line_user_errors():
             FP(**kwargs)
 
 
-def fp_from(*files: str) -> FP:
-    load_all()
-    config.parse([PARAMS / f for f in files])
-    try:
-        return DEFENSES.create("fp")
-    finally:
-        gin.clear_config()
-
-
 def test_paper_profile_runs_backdoorbench_values():
-    fp = fp_from("base.gin", "datasets/cifar10.gin", "defenses/fp.gin", "profiles/paper/common.gin",
-                 "profiles/paper/fp.gin")
+    fp = defense_from("fp", "base.gin", "datasets/cifar10.gin", "defenses/fp.gin", "profiles/paper/common.gin",
+                      "profiles/paper/fp.gin")
     assert (fp.clean_fraction, fp.acc_drop, fp.max_prune_ratio, fp.prune_step, fp.finetune_epochs,
             fp.batch_size) == (0.05, 0.1, 1.0, 1, 100, 256)
     assert (fp.sgd.lr, fp.sgd.momentum, fp.sgd.weight_decay, fp.sgd.nesterov, fp.sgd.schedule) == (
@@ -140,8 +130,8 @@ def test_paper_profile_runs_backdoorbench_values():
 
 
 def test_mini_profile_parses():
-    fp = fp_from("base.gin", "datasets/mnist5k.gin", "defenses/fp.gin", "profiles/mini/common.gin",
-                 "profiles/mini/fp.gin")
+    fp = defense_from("fp", "base.gin", "datasets/mnist5k.gin", "defenses/fp.gin", "profiles/mini/common.gin",
+                      "profiles/mini/fp.gin")
     assert fp.finetune_epochs >= 1
 
 

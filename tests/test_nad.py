@@ -9,20 +9,18 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import gin
 import pytest
 import torch
 import torch.nn.functional as F
 
-from asd_repro import config
-from asd_repro.defenses import DEFENSES, Interrupted
+from asd_repro.defenses import Interrupted
 from asd_repro.defenses.nad import NAD, at_loss, attention_map, distill_epoch, stage_outputs
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.loop import train_epoch
 from asd_repro.errors import UserError
 from asd_repro.models import create_model
-from asd_repro.plugins import load_all
 
+from conftest import defense_from
 from posttraining import poisoned_with_upstream, train_repair
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
@@ -123,19 +121,10 @@ def test_bad_bindings_are_one_line_user_errors():
         NAD(betas={"layer9": 1.0}).run(SimpleNamespace(upstream_model=lambda: tiny_resnet(0)))
 
 
-def nad_from(*files: str) -> NAD:
-    load_all()
-    config.parse([PARAMS / f for f in files])
-    try:
-        return DEFENSES.create("nad")
-    finally:
-        gin.clear_config()
-
-
 @pytest.mark.filterwarnings("ignore:Detected call of")  # the schedule is stepped without training
 def test_paper_profile_runs_the_reference_values():
-    nad = nad_from("base.gin", "datasets/cifar10.gin", "defenses/nad.gin", "profiles/paper/common.gin",
-                   "profiles/paper/nad.gin")
+    nad = defense_from("nad", "base.gin", "datasets/cifar10.gin", "defenses/nad.gin", "profiles/paper/common.gin",
+                       "profiles/paper/nad.gin")
     assert (nad.clean_fraction, nad.teacher_epochs, nad.epochs, nad.p, nad.batch_size) == (0.05, 10, 20, 2.0, 64)
     assert nad.betas == {"layer2": 500.0, "layer3": 1000.0, "layer4": 1000.0}
     assert (nad.sgd.lr, nad.sgd.momentum, nad.sgd.weight_decay, nad.sgd.nesterov) == (0.1, 0.9, 1e-4, True)
@@ -149,8 +138,8 @@ def test_paper_profile_runs_the_reference_values():
 
 
 def test_mini_profile_parses():
-    nad = nad_from("base.gin", "datasets/mnist5k.gin", "defenses/nad.gin", "profiles/mini/common.gin",
-                   "profiles/mini/nad.gin")
+    nad = defense_from("nad", "base.gin", "datasets/mnist5k.gin", "defenses/nad.gin", "profiles/mini/common.gin",
+                       "profiles/mini/nad.gin")
     assert nad.teacher_epochs >= 1 and nad.epochs >= 1
 
 

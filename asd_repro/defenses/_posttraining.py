@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from asd_repro.defenses import Context, Timer
+from asd_repro.engine.loop import train_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
 from asd_repro.errors import UserError
 
@@ -66,6 +67,13 @@ class SGD:
                                    weight_decay=self.weight_decay, nesterov=self.nesterov)
         milestones = tuple(e / max(epochs, 1) for e in self.lr_drop_epochs)
         return optimizer, make_schedule(optimizer, epochs, name=self.schedule, milestones=milestones, gamma=self.gamma)
+
+
+def clean_epoch(ctx: Context, model: torch.nn.Module, clean: CleanData, batch_size: int,
+                desc: str) -> Callable[[torch.optim.Optimizer], dict[str, float]]:
+    """``run_epoch`` of a ``training_phase`` that fine-tunes ``model`` with cross entropy on the clean data."""
+    return lambda optimizer: train_epoch(model, optimizer, clean.x, clean.y, ctx.augment, ctx.normalize, batch_size,
+                                         ctx.generator, desc=desc)
 
 
 def training_phase(ctx: Context, phase: str, model: torch.nn.Module, sgd: SGD, epochs: int, clean: CleanData,

@@ -34,7 +34,6 @@ Differences from the reference code, all deliberate:
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from pathlib import Path
@@ -378,51 +377,29 @@ def pretrain_stage(clean: Path, poisoned: Path, out: Path, checkpoints: Path | N
         stop_after_epoch: tests only, simulates a kill after that many epochs.
     """
     import platform
-    import random
 
-    from asd_repro.data import load_prepared
-    from asd_repro.engine.checkpoint import fingerprint
-    from asd_repro.io import atomic_dir, read_json, write_json
+    from asd_repro.io import atomic_dir
     from asd_repro.models import create_model
-    from asd_repro.stages import load_poisoned, resolve_device
+    from asd_repro.stages import to_nchw, open_cell, write_run_folder
 
-    data = load_prepared(clean)
-    meta, arrays = load_poisoned(poisoned)
-    dev = resolve_device(device)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    h, w, c = arrays["train_x"].shape[1:]
-    model_kwargs = {"num_classes": data.info.num_classes, "in_chans": int(c), "image_size": int(h)}
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def new_model() -> nn.Module:
-        return create_model(**model_kwargs).to(dev, memory_format=memory_format)
-
-    key = fingerprint(asked_config, "dbd-simclr", str(seed), json.dumps(meta["files"], sort_keys=True),
-                      json.dumps(read_json(Path(clean) / "manifest.json")["files"], sort_keys=True))
-    checkpointer = Checkpointer(checkpoints, key)
-    x = torch.from_numpy(np.ascontiguousarray(arrays["train_x"].transpose(0, 3, 1, 2))).to(dev)
-    normalize = Normalize(data.info.mean, data.info.std, dev, channels_last)
-    model = create_model(**model_kwargs)  # its head f_c stays as initialised here, right after seeding
+    cell = open_cell(clean, poisoned, seed, device, channels_last)
+    data, dev = cell.data, cell.device
+    checkpointer = Checkpointer(checkpoints, cell.fingerprint(asked_config, "dbd-simclr"))
+    x = to_nchw(cell.arrays["train_x"], dev)
+    model = create_model(**cell.model_kwargs)  # its head f_c stays as initialised here, right after seeding
     start = time.perf_counter()
-    backbone, info = simclr_pretrain(x, new_model, generator, normalize, data.info.hflip, checkpointer,
-                                     stop_after_epoch=stop_after_epoch)
+    backbone, info = simclr_pretrain(x, cell.new_model, cell.generator, cell.normalize(), data.info.hflip,
+                                     checkpointer, stop_after_epoch=stop_after_epoch)
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     assert not unexpected and set(missing) == head_parameter_names(model), (missing, unexpected)
-    record = {"dataset": data.info.name, "attack": meta["attack"], "seed": seed, "device": str(dev),
+    record = {"dataset": data.info.name, "attack": cell.meta["attack"], "seed": seed, "device": str(dev),
               "torch": torch.__version__, "python": platform.python_version(),
-              "wall_seconds": round(time.perf_counter() - start, 2), "model": model_kwargs, **info}
+              "wall_seconds": round(time.perf_counter() - start, 2), "model": cell.model_kwargs, **info}
     with atomic_dir(out) as tmp:
-        (tmp / "config.gin").write_text(asked_config)
-        weights = {k: v.cpu() for k, v in model.state_dict().items()}
-        torch.save({"model_kwargs": model.create_kwargs, "state_dict": weights}, tmp / "model.pt")
-        write_json(tmp / "pretrain.json", record)
-        (tmp / "operative_config.gin").write_text(gin.operative_config_str())
+        write_run_folder(tmp, asked_config, model, cell.model_kwargs, "pretrain.json", record)
     checkpointer.clear()
-    print(f"pre-trained the DBD backbone of {data.info.name}/{meta['attack']} with SimCLR in {info['seconds']:.1f}s "
-          f"on {dev}: final loss {info['final_loss']:.4f} -> {out}")
+    print(f"pre-trained the DBD backbone of {data.info.name}/{cell.meta['attack']} with SimCLR in "
+          f"{info['seconds']:.1f}s on {dev}: final loss {info['final_loss']:.4f} -> {out}")
     return record
 
 

@@ -29,9 +29,8 @@ import numpy as np
 import torch
 
 from asd_repro.defenses import Context, Defense, register_defense
-from asd_repro.defenses._posttraining import SGD, defender_clean_data, training_phase
+from asd_repro.defenses._posttraining import SGD, clean_epoch, defender_clean_data, training_phase
 from asd_repro.engine.augment import Normalize
-from asd_repro.engine.loop import train_epoch
 from asd_repro.errors import UserError
 
 
@@ -153,6 +152,5 @@ class FP(Defense):
         print(f"pruned {pruned}/{len(order)} channels of {self.stage}: clean-data accuracy {clean_acc[0]:.3f} -> "
               f"{clean_acc[pruned]:.3f}; test ACC {after['acc']:.2f} ASR {after['asr']:.2f}", flush=True)
         training_phase(ctx, "finetune", model, self.sgd, self.finetune_epochs, clean,
-                       lambda optimizer: train_epoch(model, optimizer, clean.x, clean.y, ctx.augment, ctx.normalize,
-                                                     self.batch_size, ctx.generator, desc="fp finetune"))
+                       clean_epoch(ctx, model, clean, self.batch_size, "fp finetune"))
         return mask.fold_into_head(model)

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from asd_repro.defenses import Context, Defense, register_defense
-from asd_repro.defenses._posttraining import SGD, defender_clean_data, training_phase
+from asd_repro.defenses._posttraining import SGD, clean_epoch, defender_clean_data, training_phase
 from asd_repro.engine.augment import Augment, Normalize
-from asd_repro.engine.loop import index_batches, train_epoch
+from asd_repro.engine.loop import index_batches
 from asd_repro.errors import UserError
 
 
@@ -151,9 +151,7 @@ class NAD(Defense):
 
         teacher = ctx.upstream_model()
         training_phase(ctx, "teacher", teacher, self.sgd, self.teacher_epochs, clean,
-                       lambda optimizer: train_epoch(teacher, optimizer, clean.x, clean.y, ctx.augment, ctx.normalize,
-                                                     self.batch_size, ctx.generator, desc="nad teacher"),
-                       total_epochs=total)
+                       clean_epoch(ctx, teacher, clean, self.batch_size, "nad teacher"), total_epochs=total)
         teacher.requires_grad_(False)
         teacher.eval()
 
