@@ -95,3 +95,21 @@ def badnets_poisoned(folder: Path, gin_files: list[str], bindings: list[str] = (
     stages.assets("badnets", clean, folder / "assets")
     stages.poison("badnets", clean, folder / "assets", folder / "poisoned")
     return clean, folder / "poisoned"
+
+
+def tiny_context(checkpoints: Path | None = None, stop_after_epoch: int | None = None):
+    """A defense's Context over ``tiny_data`` (3 classes, target 0), seeded as a fresh ``stages.train`` process."""
+    import torch
+
+    from asd_repro.defenses import Context
+    from asd_repro.engine.augment import Augment, Normalize
+    from asd_repro.engine.checkpoint import Checkpointer
+
+    torch.manual_seed(7)  # a fresh process: the seed stages.train sets
+    x, y, poison = tiny_data()
+    test_x, test_y, _ = tiny_data(4, seed=1)
+    return Context(
+        train_x=x, train_y=y, poison=poison, test_x=test_x, test_y=test_y, bd_x=test_x[4:], bd_y=torch.zeros(8).long(),
+        num_classes=3, augment=Augment(1, "reflect", True), normalize=Normalize((0.2,), (0.3,), "cpu"),
+        new_model=tiny_model, generator=torch.Generator().manual_seed(7), checkpointer=Checkpointer(checkpoints, "k"),
+        device=torch.device("cpu"), seed=7, stop_after_epoch=stop_after_epoch)

@@ -13,14 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from asd_repro import stages
-from asd_repro.defenses import Context, Interrupted
+from asd_repro.defenses import Interrupted
 from asd_repro.defenses.abl import ABL, isolate, lga_loss, negated_ce
-from asd_repro.engine.augment import Augment, Normalize
-from asd_repro.engine.checkpoint import Checkpointer
 from asd_repro.engine.loop import predict_logits
 from asd_repro.errors import UserError
 
-from conftest import configure, defense_from, tiny_data, tiny_model, tiny_prepared
+from conftest import configure, defense_from, tiny_context, tiny_data, tiny_model, tiny_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params"
@@ -94,17 +92,6 @@ def test_bad_bindings_are_user_errors_naming_the_configurable(binding):
 
 
 # --- the defense on a tiny hand-made set ---------------------------------------------------------------------------
-
-
-def tiny_context(checkpoints: Path | None = None, stop_after_epoch: int | None = None) -> Context:
-    torch.manual_seed(7)  # a fresh process: the seed stages.train sets
-    x, y, poison = tiny_data()
-    test_x, test_y, _ = tiny_data(4, seed=1)
-    return Context(
-        train_x=x, train_y=y, poison=poison, test_x=test_x, test_y=test_y, bd_x=test_x[4:], bd_y=torch.zeros(8).long(),
-        num_classes=3, augment=Augment(1, "reflect", True), normalize=Normalize((0.2,), (0.3,), "cpu"),
-        new_model=tiny_model, generator=torch.Generator().manual_seed(7), checkpointer=Checkpointer(checkpoints, "k"),
-        device=torch.device("cpu"), seed=7, stop_after_epoch=stop_after_epoch)
 
 
 def tiny_abl(**overrides) -> ABL:

@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from asd_repro.defenses import Context, Interrupted, asd
+from asd_repro.defenses import Interrupted, asd
 from asd_repro.defenses.asd import ASD, class_aware_split, lowest_fraction, stage1_k, train_virtual_model
 from asd_repro.engine.augment import Augment, Normalize
-from asd_repro.engine.checkpoint import Checkpointer
 from asd_repro.engine.losses import sce, sce_per_sample
 from asd_repro.engine.mixmatch import (interleave, interleave_offsets, mixmatch_epoch, mixmatch_loss, mixup,
                                        mixup_lambda, ramped_lambda_u, sample_beta, sharpen)
 
-from conftest import defense_from, tiny_data, tiny_model
+from conftest import defense_from, tiny_context, tiny_data, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params"
@@ -196,17 +195,6 @@ def test_small_profiles_run_every_stage(profile):
 
 
 # --- the defense end to end: records, seeds, exact resume ----------------------------------------------------------
-
-
-def tiny_context(checkpoints: Path | None = None, stop_after_epoch: int | None = None) -> Context:
-    torch.manual_seed(7)  # a fresh process: the seed stages.train sets
-    x, y, poison = tiny_data()
-    test_x, test_y, _ = tiny_data(4, seed=1)
-    return Context(
-        train_x=x, train_y=y, poison=poison, test_x=test_x, test_y=test_y, bd_x=test_x[4:], bd_y=torch.zeros(8).long(),
-        num_classes=3, augment=Augment(1, "reflect", True), normalize=Normalize((0.2,), (0.3,), "cpu"),
-        new_model=tiny_model, generator=torch.Generator().manual_seed(7), checkpointer=Checkpointer(checkpoints, "k"),
-        device=torch.device("cpu"), seed=7, stop_after_epoch=stop_after_epoch)
 
 
 def tiny_asd() -> ASD:
