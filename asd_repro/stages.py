@@ -205,17 +205,19 @@ def to_nchw(a: np.ndarray, device) -> Any:
 def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, checkpoints: Path | None = None,
           seed: int = gin.REQUIRED, device: str = "auto", channels_last: bool = True, asked_config: str = "",
           stop_after_epoch: int | None = None, upstream: Path | None = None,
-          eval_batch_size: int = 256) -> dict[str, Any]:
+          eval_batch_size: int = 256, eval_every: int = 1) -> dict[str, Any]:
     """Train one table cell's model with a defense; resumable from per-epoch checkpoints.
 
-    The curves hold test ACC/ASR after every epoch for diagnostics only: the table reports the final
-    epoch, never a test-selected one.
+    The curves hold test ACC/ASR (every ``eval_every`` epochs and after the last) for diagnostics only: the
+    table reports the final epoch, never a test-selected one.
 
     Args:
         device: 'auto' (CUDA when available), 'cpu' or 'cuda[:i]'.
         channels_last: channels-last memory format for the model and its inputs (faster convolutions).
         stop_after_epoch: tests only, simulates a kill after that many epochs.
         eval_batch_size: batch of the per-epoch test evaluations (256 is ~2x faster than 1,024 on a laptop CPU).
+        eval_every: evaluate the curves' test ACC/ASR every this many epochs (and after the last one); the other
+            epochs record None. Speed only: the trained weights are the same for any value.
         upstream: a run folder (``model.pt``) whose model a post-training defense (FP, NAD) starts from, or
             the folder of a pre-training stage (DBD's self-supervised backbone); its files enter the checkpoint key.
     """
@@ -225,6 +227,9 @@ def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, ch
     from asd_repro.engine.augment import Augment
     from asd_repro.engine.checkpoint import Checkpointer
 
+    if eval_every < 1:
+        raise UserError(f"stages.train.eval_every must be a positive number of epochs, got {eval_every}; "
+                        "fix the binding")
     cell = open_cell(clean, poisoned, seed, device, channels_last)
     data, arrays, dev = cell.data, cell.arrays, cell.device
     defense_obj = DEFENSES.create(defense)
@@ -240,6 +245,7 @@ def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, ch
         normalize=cell.normalize(), new_model=cell.new_model, generator=cell.generator,
         checkpointer=Checkpointer(checkpoints, key), device=dev, seed=seed,
         stop_after_epoch=stop_after_epoch, upstream=upstream_model, eval_batch_size=eval_batch_size,
+        eval_every=eval_every,
     )
     start = time.perf_counter()
     model = defense_obj.run(ctx)
@@ -251,7 +257,7 @@ def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, ch
             **getattr(defense_obj, "run_info", {})}
     with atomic_dir(out) as tmp:
         write_run_folder(tmp, asked_config, model, cell.model_kwargs, "run.json", info)
-    write_json(curves, ctx.curves)
+    write_json(curves, ctx.uniform_curves())
     ctx.checkpointer.clear()
     print(f"trained {data.info.name}/{cell.meta['attack']}/{defense} in {seconds:.1f}s on {dev}: "
           f"ACC {final['acc']:.2f} ASR {final['asr']:.2f} -> {out}")

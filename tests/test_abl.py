@@ -138,6 +138,13 @@ def test_abl_records_every_phase_with_global_epochs_and_the_isolated_set():
         assert r["poisoned_in_isolated"] == info["abl_isolated_poisoned"]
     # isolation at a constant lr; fine-tuning x0.1 at round(2/3 * 2) = 1 epoch; unlearning at its own small lr
     assert [r["lr"] for r in ctx.curves] == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.0005, 0.0005])
+    # dvc plots drops a curves file whose records differ in their keys: the written curves are padded with None
+    from dvc.render.converter.vega import get_datapoints
+
+    assert len({tuple(r) for r in ctx.curves}) > 1, "the phases log different fields"
+    uniform = ctx.uniform_curves()
+    assert len({tuple(r) for r in uniform}) == 1 and get_datapoints(uniform) == uniform
+    assert uniform[0]["isolated"] is None and uniform[2]["isolated"] == 4 and uniform[0]["acc"] == ctx.curves[0]["acc"]
 
 
 def test_a_ratio_that_isolates_nothing_is_a_user_error():

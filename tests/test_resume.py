@@ -17,9 +17,9 @@ def _poisoned(tmp_path):
     return badnets_poisoned(tmp_path, GIN)
 
 
-def _train(clean, poisoned, out, ckpt, stop=None):
+def _train(clean, poisoned, out, ckpt, stop=None, bindings=()):
     asked = configure(GIN, ["SEED = 3", "defenses.NoDefense.epochs = 3", "defenses.NoDefense.batch_size = 16",
-                            "engine.make_schedule.name = 'cosine'", "stages.train.device = 'cpu'"])
+                            "engine.make_schedule.name = 'cosine'", "stages.train.device = 'cpu'", *bindings])
     return stages.train("none", clean, poisoned, out, out.parent / f"{out.name}.json", ckpt, asked_config=asked,
                         stop_after_epoch=stop)
 
@@ -56,3 +56,29 @@ def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
                             "stages.train.device = 'cpu'"])
     stages.train("none", clean, poisoned, tmp_path / "b", tmp_path / "b.json", tmp_path / "ckpt", asked_config=asked)
     assert [r["epoch"] for r in json.loads((tmp_path / "b.json").read_text())] == [1, 2]
+
+
+def test_eval_every_thins_the_curves_and_changes_no_weight(tmp_path):
+    clean, poisoned = _poisoned(tmp_path)
+    every = _train(clean, poisoned, tmp_path / "every", None)
+    sparse = _train(clean, poisoned, tmp_path / "sparse", None, bindings=["stages.train.eval_every = 2"])
+    a = torch.load(tmp_path / "every" / "model.pt")["state_dict"]
+    b = torch.load(tmp_path / "sparse" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "evaluating less often must not change the training"
+    assert every["final_epoch"] == sparse["final_epoch"]
+    dense_curve = json.loads((tmp_path / "every.json").read_text())
+    sparse_curve = json.loads((tmp_path / "sparse.json").read_text())
+    assert [r["acc"] is None for r in sparse_curve] == [True, False, False]  # epoch 2, and the last (3)
+    assert [r["asr"] for r in sparse_curve][1:] == [r["asr"] for r in dense_curve][1:]
+    assert all(r["acc"] is not None for r in dense_curve)
+
+
+def test_eval_every_below_one_is_a_clear_error(tmp_path):
+    import pytest
+
+    from asd_repro.errors import UserError
+
+    clean, poisoned = _poisoned(tmp_path)
+    with pytest.raises(UserError, match="stages.train.eval_every must be a positive number of epochs, got 0"):
+        _train(clean, poisoned, tmp_path / "x", None, bindings=["stages.train.eval_every = 0"])
+    assert not (tmp_path / "x").exists()

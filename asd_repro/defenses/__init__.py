@@ -48,6 +48,7 @@ class Context:
     stop_after_epoch: int | None = None  # tests only: simulate a kill after this many epochs
     upstream: Any = None  # the model a post-training defense starts from (``stages.train(upstream=...)``)
     eval_batch_size: int = 256  # of the per-epoch test evaluations (speed only: the same predictions)
+    eval_every: int = 1  # test ACC/ASR in the curves every this many epochs, and after the last (diagnostics only)
     curves: list[dict[str, Any]] = field(default_factory=list)
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
@@ -59,17 +60,32 @@ class Context:
                   total: int) -> dict[str, Any]:
         """Add test ACC/ASR and the pool sizes, then append the record to the curves.
 
-        Every record carries the same fields so that ``dvc plots`` can draw all cells alike. A defense
-        that trains on a subset reports its own ``clean_pool``; otherwise the whole set is the clean pool
-        (No Defense, in the paper's unified framework). The ground-truth count is for logging only.
+        Every record carries the same fields so that ``dvc plots`` can draw all cells alike. Test ACC/ASR are
+        measured every ``eval_every`` epochs and after the last one (``total``); in between they are None
+        (null in the JSON). Evaluation never touches the training state, so the cadence changes no weight.
+        A defense that trains on a subset reports its own ``clean_pool``; otherwise the whole set is the clean
+        pool (No Defense, in the paper's unified framework). The ground-truth count is for logging only.
         """
-        record.update(self.evaluate(model))
+        if epochs_done % self.eval_every == 0 or epochs_done >= total:
+            record.update(self.evaluate(model))
+        else:
+            record.update(acc=None, asr=None)
         record.setdefault("clean_pool", len(self.poison))
         record.setdefault("poisoned_in_clean_pool", int(self.poison.sum()))
         self.curves.append(record)
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                          if v is not None)
         print(f"[epoch {epochs_done}/{total}] {shown}", flush=True)
         return record
+
+    def uniform_curves(self) -> list[dict[str, Any]]:
+        """The curves with every record holding every field seen in any record (None where a phase has none).
+
+        ``dvc plots`` draws a file only when all its records have the same keys; the phases of a multi-phase
+        defense (ABL, NAD, DBD) log different statistics, so their records are padded here.
+        """
+        fields = list(dict.fromkeys(key for record in self.curves for key in record))
+        return [{key: record.get(key) for key in fields} for record in self.curves]
 
     def resumable(self, phase: str, **objects: Any) -> Resumable:
         """A ``Resumable`` with its own checkpoint file for ``phase``, for defenses with several phases.
