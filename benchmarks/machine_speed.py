@@ -5,9 +5,9 @@ Usage (from the project root; needs no data):
 
 Three figures, each the median of a few timed rounds after a warm-up:
 - ``resnet18_32px_img_per_s``: ResNet-18 with the CIFAR stem, 32x32x3, batch 128, SGD, training images per
-  second, default memory format. This is the yardstick the project's sizing was done against (about 51 img/s on the 2-core
-  machine where the mini profile was sized), so a default-run time measured elsewhere can be put on the
-  same footing: ``time_here * speed_here / 51``.
+  second, default memory format. This is the yardstick the project's sizing was done against (about
+  51 img/s on the 2-core machine where the mini profile was sized), so a default-run time measured
+  elsewhere can be put on the same footing: ``time_here * speed_here / 51``.
 - ``mini_model_img_per_s``: the mini profile's slim ResNet on 28x28x1 at batch 64, the model that does
   nearly all of the default run's work.
 - ``process_start_s``: a fresh Python process importing torch, torchvision and timm, which every DVC stage
