@@ -25,7 +25,7 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
+from throughput import step  # this folder's throughput benchmark: one SGD step on a batch
 
 from asd_repro.models import create_model
 
@@ -40,19 +40,12 @@ def train_rate(model: torch.nn.Module, shape: tuple[int, ...], batch: int, secon
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, *shape).contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (batch,))
-
-    def one_step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    one_step()  # warm-up: allocations and kernel selection
+    step(model, opt, x, y)  # warm-up: allocations and kernel selection
     rates = []
     for _ in range(rounds):
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / rounds:
-            one_step()
+            step(model, opt, x, y)
             n += batch
         rates.append(n / (time.perf_counter() - start))
     return statistics.median(rates)
