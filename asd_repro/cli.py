@@ -20,6 +20,13 @@ def _gin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="binds the SEED macro")
 
 
+REPORT_COMMANDS = {
+    "table": "assemble results/<profile>/ (tables with seed statistics, claims, figures) from the metrics",
+    "compare": "compare two tables (files, metrics folders or git revisions) cell by cell; exit 1 on a change",
+    "claims": "check the paper's claims (a claims file) against a table; exit 1 when one fails",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="asd-repro", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -65,20 +72,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", type=Path, help="per-epoch checkpoints for resuming (not a DVC output)")
     _gin_args(p)
 
-    p = sub.add_parser("evaluate", help="ACC / ASR of every defense's model of one (dataset, attack) row")
+    p = sub.add_parser("evaluate", help="ACC / ASR of every defense's model and seed of one (dataset, attack) row")
     p.add_argument("--clean", type=Path, required=True)
-    p.add_argument("--poisoned", type=Path, required=True)
-    p.add_argument("--runs", type=Path, required=True, help="folder holding one run folder per defense")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="the defenses to evaluate")
+    p.add_argument("--poisoned", type=Path, required=True, help="folder holding one poisoned set per seed (s<seed>)")
+    p.add_argument("--runs", type=Path, required=True,
+                   help="folder holding one folder per defense, each with one run folder per seed (s<seed>)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="the defenses and seeds to evaluate")
     p.add_argument("--out", type=Path, required=True)
     _gin_args(p)
 
-    p = sub.add_parser("table", help="assemble results/<profile>/ from the metrics")
-    p.add_argument("--metrics", type=Path, required=True)
-    p.add_argument("--paper", type=Path, required=True)
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
-    p.add_argument("--out", type=Path, required=True)
-    _gin_args(p)
+    # The report commands parse their own arguments (asd_repro/report/cli.py): they evolve with the report,
+    # and the training stages, which depend on this file, do not re-run when they do.
+    for name, text in REPORT_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
 
     sub.add_parser("configurables", help="list every gin configurable and its parameters")
     return ap
@@ -140,18 +146,21 @@ def run(argv: list[str] | None = None) -> None:
         config.call_with_config(stages.pretrain, args.defense, args.clean, args.poisoned, args.out, args.checkpoints,
                                 asked_config=asked)
     elif args.command == "evaluate":
-        defenses = stages.defense_names(_params(args.params).get("defenses"), str(args.params))
-        config.call_with_config(stages.evaluate, args.clean, args.poisoned, args.runs, defenses, args.out)
-    elif args.command == "table":
         p = _params(args.params)
-        config.call_with_config(stages.table, args.metrics, args.paper, args.out, p["profile"], p["datasets"],
-                                p["attacks"], stages.defense_names(p.get("defenses"), str(args.params)))
+        defenses = stages.defense_names(p.get("defenses"), str(args.params))
+        config.call_with_config(stages.evaluate, args.clean, args.poisoned, args.runs, defenses,
+                                stages.seeds_of(p, str(args.params)), args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
     from asd_repro.errors import UserError
 
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
+        if argv and argv[0] in REPORT_COMMANDS:  # the report commands' exit status is theirs (gates)
+            from asd_repro.report.cli import run as report_run
+
+            return report_run(argv[0], argv[1:])
         run(argv)
     except UserError as e:
         # gin appends "In call to configurable ..." lines to exceptions raised inside configurables

@@ -10,6 +10,7 @@ def load_all() -> None:
     from asd_repro.defenses import DEFENSES
     from asd_repro.engine import augment, optim  # noqa: F401
     from asd_repro import models  # noqa: F401
+    from asd_repro.report import stage  # noqa: F401  (stages.table)
 
     for registry in (DATASETS, ATTACKS, DEFENSES):
         registry.load_all()

@@ -19,6 +19,7 @@ import numpy as np
 
 from asd_repro.errors import UserError
 from asd_repro.io import atomic_dir, load_arrays, read_json, save_arrays, write_json, write_text_atomic
+from asd_repro.provenance import environment
 
 
 def _write_configs(folder: Path, asked: str) -> None:
@@ -57,7 +58,7 @@ def assets(attack: str, clean: Path, out: Path, seed: int = gin.REQUIRED, asked_
     start = time.perf_counter()
     atk.fit(data.train.x, data.train.y, np.random.default_rng(seed))
     meta = {"dataset": data.info.name, "attack": attack, "seed": seed,
-            "seconds": round(time.perf_counter() - start, 2)}
+            "seconds": round(time.perf_counter() - start, 2), "environment": environment()}
     with atomic_dir(out) as tmp:
         _write_configs(tmp, asked_config)
         meta["files"] = save_arrays(tmp, atk.state())
@@ -254,7 +255,7 @@ def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, ch
     info = {"dataset": data.info.name, "attack": cell.meta["attack"], "defense": defense, "seed": seed,
             "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
             "train_seconds": round(seconds, 2), "final_epoch": final, "model": cell.model_kwargs,
-            **getattr(defense_obj, "run_info", {})}
+            "environment": environment(dev), **getattr(defense_obj, "run_info", {})}
     with atomic_dir(out) as tmp:
         write_run_folder(tmp, asked_config, model, cell.model_kwargs, "run.json", info)
     write_json(curves, ctx.uniform_curves())
@@ -331,32 +332,46 @@ def defense_names(defenses: Any, source: str = "params.yaml") -> list[str]:
     return names
 
 
+def seed_folder(parent: Path, seed: int) -> Path:
+    """Where one seed's output of a stage lives inside the cell's folder: ``<parent>/s<seed>``."""
+    return Path(parent) / f"s{seed}"
+
+
 @gin.configurable(module="stages")
-def evaluate(clean: Path, poisoned: Path, runs: Path, defenses: list[str], out: Path, device: str = "auto",
-             batch_size: int = 256, channels_last: bool = True) -> dict[str, Any]:
-    """ACC on the clean test set and ASR on the poisoned test set (target class excluded), exact, for the model of
-    every defense in ``runs`` (one table row); writes ``out/<defense>.json``."""
+def evaluate(clean: Path, poisoned: Path, runs: Path, defenses: list[str], seeds: list[int], out: Path,
+             device: str = "auto", batch_size: int = 256, channels_last: bool = True) -> dict[str, Any]:
+    """ACC on the clean test set and ASR on each seed's poisoned test set (target class excluded), exact, for the
+    model of every defense and seed of one table row; writes ``out/<defense>.json`` with one entry per seed.
+
+    ``poisoned`` and ``runs/<defense>`` hold one folder per seed (``seed_folder``). Each seed's entry carries the
+    environment that trained its model (from its ``run.json``), so a table can say what made every number.
+    """
     import torch
 
     from asd_repro.data import load_prepared
     from asd_repro.engine.augment import Normalize
 
     data = load_prepared(clean)
-    meta, arrays = load_poisoned(poisoned)
     dev = resolve_device(device)
     norm = Normalize(data.info.mean, data.info.std, dev, channels_last)
-    results = {}
-    for defense in defenses:
-        run = Path(runs) / defense
-        model, _ = load_model(run, dev, torch.channels_last if channels_last else torch.contiguous_format)
-        metrics = asr_and_acc(model, data.test.x, data.test.y, arrays["test_x"], arrays["test_y"], meta["target"],
-                              norm, dev, batch_size)
-        run_info = read_json(run / "run.json")
-        results[defense] = {"dataset": data.info.name, "attack": meta["attack"], "defense": run_info["defense"],
-                            **metrics, "asr_definition": "triggered test images whose true class is not the target",
-                            "checkpoint": "final epoch"}
-        print(f"evaluated {data.info.name}/{meta['attack']}/{defense}: ACC {metrics['acc']:.2f} "
-              f"ASR {metrics['asr']:.2f}")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    results: dict[str, Any] = {}
+    for seed in seeds:
+        meta, arrays = load_poisoned(seed_folder(poisoned, seed))
+        for defense in defenses:
+            run = seed_folder(Path(runs) / defense, seed)
+            model, _ = load_model(run, dev, fmt)
+            metrics = asr_and_acc(model, data.test.x, data.test.y, arrays["test_x"], arrays["test_y"],
+                                  meta["target"], norm, dev, batch_size)
+            run_info = read_json(run / "run.json")
+            entry = results.setdefault(defense, {
+                "dataset": data.info.name, "attack": meta["attack"], "defense": run_info["defense"],
+                "num_classes": data.info.num_classes,
+                "asr_definition": "triggered test images whose true class is not the target",
+                "checkpoint": "final epoch", "seeds": {}})
+            entry["seeds"][str(seed)] = {**metrics, "environment": run_info.get("environment", {})}
+            print(f"evaluated {data.info.name}/{meta['attack']}/{defense} seed {seed}: ACC {metrics['acc']:.2f} "
+                  f"ASR {metrics['asr']:.2f}")
     with atomic_dir(out) as tmp:
         for defense, result in results.items():
             write_json(tmp / f"{defense}.json", result)
@@ -377,25 +392,17 @@ def asr_and_acc(model, clean_x: np.ndarray, clean_y: np.ndarray, bd_x: np.ndarra
             "n_clean": int(len(clean_y)), "n_asr": int(len(bd_y))}
 
 
-@gin.configurable(module="stages")
-def table(metrics: Path, paper_csv: Path, out: Path, profile: str, datasets: list[str], attacks: list[str],
-          defenses: list[str], paper_dataset: dict[str, str] | None = None, decimals: int = 1) -> None:
-    """Assemble the paper-layout table, the long CSV and the diff against the paper.
-
-    Args:
-        paper_dataset: which paper dataset each of ours is compared with when the paper has no row
-            for it (e.g. the embedded mnist5k stands in for CIFAR-10); the output says so.
-        decimals: rounding of the rendered tables.
-    """
-    from asd_repro.report.table import assemble, collect_metrics, load_paper
-
-    found = collect_metrics(Path(metrics), datasets, attacks, defenses)
-    paper = load_paper(Path(paper_csv))
-    files = assemble(found, paper, profile, datasets, paper_dataset or {}, decimals)
-    with atomic_dir(out) as tmp:
-        for name, text in files.items():
-            (tmp / name).write_text(text)
-    print(f"table for profile {profile}: {len(found)} cells -> {out}")
+def seeds_of(params: dict[str, Any], source: str = "params.yaml") -> list[int]:
+    """params.yaml's ``seeds``: a non-empty list of distinct non-negative integers, each a full replicate."""
+    seeds = params.get("seeds")
+    if "seed" in params and seeds is None:
+        raise UserError(f"{source}: 'seed' is now 'seeds', a list (e.g. seeds: [100, 101, 102]); rename it")
+    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                            and s >= 0 for s in seeds)):
+        raise UserError(f"{source}: 'seeds' must be a non-empty list of non-negative integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{source}: 'seeds' lists a seed twice ({seeds}); list each once")
+    return seeds
 
 
 def check_params(params_file: Path, out: Path, gin_root: Path = Path("params")) -> None:
@@ -411,7 +418,7 @@ def check_params(params_file: Path, out: Path, gin_root: Path = Path("params")) 
     except yaml.YAMLError as e:
         raise UserError(f"{params_file}: malformed YAML ({str(e).splitlines()[0]}); fix the syntax") from None
     if not isinstance(p, dict):
-        raise UserError(f"{params_file}: expected a mapping with profile, seed, datasets, attacks, defenses")
+        raise UserError(f"{params_file}: expected a mapping with profile, seeds, datasets, attacks, defenses")
     lists = {"datasets": p.get("datasets"), "attacks": p.get("attacks"),
              "defenses": defense_names(p.get("defenses"), str(params_file))}
     for key, kind, package in (("datasets", "dataset", "asd_repro.data"), ("attacks", "attack", "asd_repro.attacks"),
@@ -446,6 +453,5 @@ def check_params(params_file: Path, out: Path, gin_root: Path = Path("params")) 
         if not (folder / f"{part}.gin").is_file():
             raise UserError(f"{folder / (part + '.gin')}: missing; profile {profile!r} needs a file for every "
                             "defense in params.yaml (and attacks.gin), even one with only a comment")
-    if not isinstance(p.get("seed"), int):
-        raise UserError(f"{params_file}: 'seed' must be an integer")
+    seeds_of(p, str(params_file))
     write_text_atomic(out, "params.yaml is valid\n")

@@ -244,3 +244,15 @@ def test_clb_subset_trains_the_proxy_on_fewer_images_but_perturbs_every_target_i
     finally:
         torch.set_num_threads(1)
     assert np.array_equal(atk.index, np.flatnonzero(y == TARGET)) and len(atk.perturbed) == len(atk.index)
+
+
+def test_iab_milestones_never_drop_the_rate_before_the_first_epoch():
+    import torch
+
+    from asd_repro.attacks.iab import milestone_epochs
+
+    assert milestone_epochs((0.4, 0.8), 1) == [1, 1]  # was [0, 1]: a 1-epoch phase ran at a tenth of its lr
+    assert milestone_epochs((0.4, 0.8), 60) == [24, 48]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    torch.optim.lr_scheduler.MultiStepLR(opt, milestone_epochs((0.4, 0.8), 1), 0.1)
+    assert opt.param_groups[0]["lr"] == 0.01, "the only epoch of the phase runs at the full rate"

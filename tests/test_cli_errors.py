@@ -38,7 +38,7 @@ def test_unknown_gin_binding_in_a_file(tmp_path, capsys, repo_cwd):
 
 def test_profile_without_a_file_for_a_defense(tmp_path, capsys, repo_cwd):
     params = tmp_path / "params.yaml"
-    params.write_text("profile: mini\nseed: 1\ndatasets: [mnist5k]\nattacks: [badnets]\ndefenses:\n  scratch: [none]\n")
+    params.write_text("profile: mini\nseeds: [1]\ndatasets: [mnist5k]\nattacks: [badnets]\ndefenses:\n  scratch: [none]\n")
     (tmp_path / "params").mkdir()
     for sub in ("datasets", "attacks", "defenses"):
         shutil.copytree(Path("params") / sub, tmp_path / "params" / sub)

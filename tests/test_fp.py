@@ -4,6 +4,7 @@ the gin values, and the defense end to end from an upstream model with an exact 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -153,8 +154,14 @@ def test_fp_end_to_end_records_its_pruning_and_resumes_to_identical_weights(tmp_
     curves = json.loads((tmp_path / "straight.json").read_text())
     assert [(r["epoch"], r["phase"], r["clean_pool"], r["poisoned_in_clean_pool"]) for r in curves] == [
         (e, "finetune", 10, 0) for e in (1, 2, 3)]
-    metrics = stages.evaluate(clean, poisoned, tmp_path, ["straight"], tmp_path / "eval", device="cpu")["straight"]
-    assert metrics["acc"] == pytest.approx(info["final_epoch"]["acc"])
+    layout = tmp_path / "layout"  # the pipeline's: <runs>/<defense>/s<seed>, <poisoned>/s<seed>
+    (layout / "runs" / "fp").mkdir(parents=True)
+    shutil.copytree(tmp_path / "straight", layout / "runs" / "fp" / "s7")
+    shutil.copytree(poisoned, layout / "poisoned" / "s7")
+    metrics = stages.evaluate(clean, layout / "poisoned", layout / "runs", ["fp"], [7], tmp_path / "eval",
+                              device="cpu")["fp"]
+    assert metrics["seeds"]["7"]["acc"] == pytest.approx(info["final_epoch"]["acc"])
+    assert metrics["seeds"]["7"]["environment"]["threads"] >= 1
 
     with pytest.raises(Interrupted):
         _train(clean, poisoned, upstream, tmp_path / "resumed", tmp_path / "ckpt", stop=2)

@@ -43,12 +43,19 @@ def test_paper_profile_runs_on_real_format_cifar10(tmp_path, repo_cwd):
 
     out = tmp_path / "metrics"
     params = tmp_path / "params.yaml"
-    params.write_text(f"defenses:\n  scratch: [{run.name}]\n")
-    assert main(["evaluate", "--clean", str(prepared), "--poisoned", str(poisoned), "--runs", str(run.parent),
+    params.write_text("defenses:\n  scratch: [none]\nseeds: [100]\n")
+    runs, poisoned_root = tmp_path / "runs", tmp_path / "poisoned_root"  # the pipeline's layout: one folder a seed
+    (runs / "none").mkdir(parents=True)
+    poisoned_root.mkdir()
+    run.rename(runs / "none" / "s100")
+    poisoned.rename(poisoned_root / "s100")
+    assert main(["evaluate", "--clean", str(prepared), "--poisoned", str(poisoned_root), "--runs", str(runs),
                  "--params", str(params), "--out", str(out), "--gin", "params/base.gin", PAPER[2],
                  "--bind", "stages.evaluate.device = 'cpu'"]) == 0
-    metrics = json.loads((out / f"{run.name}.json").read_text())
-    assert metrics["n_clean"] == 20 and metrics["n_asr"] == 18 and 0 <= metrics["acc"] <= 100
+    metrics = json.loads((out / "none.json").read_text())
+    seed = metrics["seeds"]["100"]
+    assert seed["n_clean"] == 20 and seed["n_asr"] == 18 and 0 <= seed["acc"] <= 100
+    assert metrics["num_classes"] == 10 and seed["environment"]["torch"] == torch.__version__
 
 
 def test_paper_model_is_the_cifar_resnet18():

@@ -29,7 +29,8 @@ def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
         (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
          else shutil.copy(src, work / name))
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params.update(profile="smoke", datasets=["mnist5k"], attacks=["badnets", "blend"], defenses={"scratch": ["none"], "repair": ["fp"], "selfsup": ["dbd"]})
+    params.update(profile="smoke", datasets=["mnist5k"], attacks=["badnets", "blend"], seeds=[100],
+                  defenses={"scratch": ["none"], "repair": ["fp"], "selfsup": ["dbd"]})
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     assert _run(["git", "init", "-q"], work).returncode == 0
     assert _run(["dvc", "init", "-q"], work).returncode == 0
@@ -41,9 +42,11 @@ def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
     for attack in ("badnets", "blend"):
         for defense in ("none", "fp", "dbd"):
             assert (work / "metrics" / "smoke" / "mnist5k" / attack / f"{defense}.json").exists()
-        assert (work / "pretrained" / "smoke" / "mnist5k" / attack / "dbd" / "model.pt").exists()
-        assert (work / "runs" / "smoke" / "mnist5k" / attack / "none" / "operative_config.gin").exists()
-    assert (work / "data" / "poisoned" / "mnist5k" / "badnets" / "config.gin").exists()
+        assert (work / "pretrained" / "smoke" / "mnist5k" / attack / "dbd" / "s100" / "model.pt").exists()
+        assert (work / "runs" / "smoke" / "mnist5k" / attack / "none" / "s100" / "operative_config.gin").exists()
+    assert (work / "data" / "poisoned" / "mnist5k" / "badnets" / "s100" / "config.gin").exists()
+    for figure in ("acc_vs_asr.png", "asd_pool_purity.png", "curves.png"):
+        assert (work / "results" / "smoke" / figure).read_bytes().startswith(b"\x89PNG")
 
     # A changed train-only gin value (what `dvc exp run -S bindings.train=[...]` does) re-runs only train and after.
     params["bindings"]["train"] = ["engine.make_optimizer.lr = 0.02"]
@@ -51,11 +54,11 @@ def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
     second = _run(["dvc", "repro"], work)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     ran = set(re.findall(r"Running stage '([^']+)'", second.stdout))
-    cells = {f"{family}@mnist5k-{a}-{f}" for a in ("badnets", "blend")
+    cells = {f"{family}@mnist5k-{a}-{f}-100" for a in ("badnets", "blend")
              for family, f in (("train", "none"), ("repair", "fp"), ("finetune", "dbd"))}
     assert ran == cells | {"evaluate@mnist5k-badnets", "evaluate@mnist5k-blend", "table"}, ran  # no pretrain
     assert "make_optimizer.lr = 0.02" in (
-        work / "runs" / "smoke" / "mnist5k" / "badnets" / "none" / "operative_config.gin").read_text()
+        work / "runs" / "smoke" / "mnist5k" / "badnets" / "none" / "s100" / "operative_config.gin").read_text()
 
     # Editing one attack's gin file re-runs that attack's branch only.
     blend = work / "params" / "attacks" / "blend.gin"
@@ -64,9 +67,9 @@ def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
     assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
     ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
     # (table re-runs only if the new metrics differ: DVC compares hashes, not timestamps)
-    assert ran - {"table"} == {"assets@mnist5k-blend", "poison@mnist5k-blend", "train@mnist5k-blend-none",
-                               "repair@mnist5k-blend-fp", "pretrain@mnist5k-blend-dbd", "finetune@mnist5k-blend-dbd",
-                               "evaluate@mnist5k-blend"}, ran
+    assert ran - {"table"} == {"assets@mnist5k-blend-100", "poison@mnist5k-blend-100", "train@mnist5k-blend-none-100",
+                               "repair@mnist5k-blend-fp-100", "pretrain@mnist5k-blend-dbd-100",
+                               "finetune@mnist5k-blend-dbd-100", "evaluate@mnist5k-blend"}, ran
 
     # Editing a defense's gin file re-runs no attack stage (assets and poisoned sets are cached).
     none = work / "params" / "defenses" / "none.gin"
@@ -74,5 +77,19 @@ def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
     fourth = _run(["dvc", "repro"], work)
     assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
     ran = set(re.findall(r"Running stage '([^']+)'", fourth.stdout))
-    assert {"train@mnist5k-badnets-none", "train@mnist5k-blend-none"} <= ran
+    assert {"train@mnist5k-badnets-none-100", "train@mnist5k-blend-none-100"} <= ran
     assert not any(s.startswith(("prepare", "assets", "poison", "pretrain")) for s in ran), ran
+
+    # A second seed runs only that seed's stages (and evaluate, table): seeds are an axis of the matrix.
+    params["seeds"] = [100, 101]
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    fifth = _run(["dvc", "repro"], work)
+    assert fifth.returncode == 0, fifth.stdout[-3000:] + fifth.stderr[-3000:]
+    ran = set(re.findall(r"Running stage '([^']+)'", fifth.stdout))
+    assert ran - {"check", "table", "evaluate@mnist5k-badnets", "evaluate@mnist5k-blend"} == {
+        f"{family}@mnist5k-{a}{f}-101" for a in ("badnets", "blend")
+        for family, f in (("assets", ""), ("poison", ""), ("train", "-none"), ("repair", "-fp"), ("pretrain", "-dbd"),
+                          ("finetune", "-dbd"))}, ran
+    long = (work / "results" / "smoke" / "table.csv").read_text().splitlines()
+    assert len(long) == 1 + 2 * 3 * 2, "one row per attack, defense and seed"
+    assert "± " in (work / "results" / "smoke" / "table.md").read_text()

@@ -1,4 +1,5 @@
-"""Table layout, averages, empty cells and diffs against the paper on fixed metrics."""
+"""Table layout, seed statistics, averages, empty and collapsed cells, and paper diffs with tolerance verdicts, on
+fixed metrics."""
 
 import json
 from pathlib import Path
@@ -6,64 +7,118 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from asd_repro.report.table import assemble, collect_metrics, load_paper
+from asd_repro.report.stats import Noise, binomial_se, pooled_std
+from asd_repro.report.table import assemble, collect_metrics, load_paper, read_long
 
 REPO = Path(__file__).resolve().parents[1]
+ENV = {"torch": "2.0", "numpy": "1.0", "cpu": "X", "threads": 2, "device": "cpu"}
+
+
+def write_metrics(root: Path, cells: dict, num_classes: int = 10, n_clean: int = 1000, n_asr: int = 900) -> Path:
+    """``cells``: (dataset, attack, defense) -> {seed: (acc, asr)}, written as the evaluate stage writes them."""
+    for (d, a, f), seeds in cells.items():
+        p = root / d / a / f"{f}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps({"dataset": d, "attack": a, "defense": f, "num_classes": num_classes, "seeds": {
+            str(s): {"acc": acc, "asr": asr, "n_clean": n_clean, "n_asr": n_asr, "environment": ENV}
+            for s, (acc, asr) in seeds.items()}}))
+    return root
 
 
 @pytest.fixture
 def metrics_dir(tmp_path):
-    cells = {("cifar10", "badnets", "none"): (95.0, 99.0), ("cifar10", "blend", "none"): (93.0, 97.0),
-             ("cifar10", "badnets", "asd"): (93.4, 1.2)}
-    for (d, a, f), (acc, asr) in cells.items():
-        p = tmp_path / d / a / f"{f}.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps({"acc": acc, "asr": asr}))
-    return tmp_path
+    return write_metrics(tmp_path, {
+        ("cifar10", "badnets", "none"): {1: (95.0, 99.0), 2: (94.0, 100.0), 3: (96.0, 98.0)},
+        ("cifar10", "blend", "none"): {1: (93.0, 97.0), 2: (93.0, 97.0), 3: (93.0, 97.0)},
+        ("cifar10", "badnets", "asd"): {1: (93.4, 1.2), 2: (93.0, 0.5), 3: (12.0, 0.0)},
+    })
 
 
-def test_table_layout_averages_and_diffs(metrics_dir):
-    found = collect_metrics(metrics_dir, ["cifar10"], ["badnets", "blend"], ["none", "asd"])
-    paper = load_paper(REPO / "reference" / "paper_table.csv")
-    files = assemble(found, paper, "test", ["cifar10"], {}, decimals=1)
-    csv = pd.read_csv(pd.io.common.StringIO(files["table.csv"]))
-    row = csv[(csv.attack == "badnets") & (csv.defense == "none")].iloc[0]
-    assert row.acc_paper == 94.9 and row.asr_paper == 100
-    assert row.acc_diff == pytest.approx(0.1) and row.asr_diff == pytest.approx(-1.0)
-    avg = csv[(csv.attack == "average") & (csv.defense == "none")].iloc[0]
-    assert avg.acc == pytest.approx(94.0) and avg.asr == pytest.approx(98.0)
-    # the paper's average over the same attacks that were run (BadNets, Blend): (94.9 + 94.1) / 2
-    assert avg.acc_paper == pytest.approx(94.5)
+def _cells(md: str, row: str) -> list[str]:
+    line = next(line for line in md.splitlines() if f"| {row}" in line)
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_table_shows_seed_statistics_averages_and_tolerance_verdicts(metrics_dir):
+    found = collect_metrics(metrics_dir, ["cifar10"], ["badnets", "blend"], ["none", "asd"], [1, 2, 3])
+    assert len(found) == 9 and set(found["seed"]) == {1, 2, 3}
+    files = assemble(found, load_paper(REPO / "reference" / "paper_table.csv"), "test", ["cifar10"], {},
+                     decimals=1, noise=Noise(k=2, abs_floor=1))
     md = files["table.md"]
     header = next(line for line in md.splitlines() if line.startswith("| Dataset"))
     assert header.split("|")[3].strip() == "No Defense ACC" and "ASD ASR" in header
-    blend = next(line for line in md.splitlines() if "| Blend" in line)
-    cells = [c.strip() for c in blend.strip("|").split("|")]
-    assert cells[2:4] == ["93.0", "97.0"]
-    assert cells[-2:] == ["", ""], "a cell that was not run is empty, never 0"
-    wanet = next(line for line in md.splitlines() if "| WaNet" in line)
-    assert all(c.strip() == "" for c in wanet.strip("|").split("|")[2:])
-    assert "| +0.1 " in md or "| +0.1|" in md
+    badnets = _cells(md, "BadNets")
+    assert badnets[2:4] == ["95.0 ± 1.0 (3)", "99.0 [98.0–100.0] 3/3"]  # mean ± sample std (n); median [min–max] k/n
+    assert badnets[-2] == "66.1 ± 46.9 (3) collapsed 1/3", "a collapsed seed is marked, never a success"
+    blend = _cells(md, "Blend")
+    assert blend[-2:] == ["", ""], "a cell that was not run is empty, never 0"
+    assert all(c == "" for c in _cells(md, "WaNet")[2:])
+
+    summary = pd.read_csv(pd.io.common.StringIO(files["summary.csv"]))
+    none = summary[(summary.attack == "badnets") & (summary.defense == "none")].iloc[0]
+    assert none.acc_paper == 94.9 and none.asr_paper == 100
+    assert none.acc_diff == pytest.approx(0.1) and none.asr_diff == pytest.approx(-1.0)
+    # tolerance = max(2 x seed std 1.0, 2 x binomial SE of 95% on 1,000 images, 1 point floor) = 2.0
+    assert none.acc_tol == pytest.approx(max(2.0, 2 * binomial_se(95.0, 1000), 1.0)) and none.acc_verdict == "within"
+    asd = summary[(summary.attack == "badnets") & (summary.defense == "asd")].iloc[0]
+    assert asd.collapsed == 1 and asd.acc_verdict == "within"  # its seed std (46.9) swamps the 27-point gap
+    avg = summary[(summary.attack == "average") & (summary.defense == "none")].iloc[0]
+    assert avg.acc_mean == pytest.approx(94.0) and avg.asr_median == pytest.approx(98.0)
+    assert avg.acc_paper == pytest.approx(94.5)  # the paper's average over the attacks that were run
+
+    long = read_long(files["table.csv"], "table.csv")
+    assert len(long) == 9 and list(long.sort_values("seed").query("defense == 'asd'").acc) == [93.4, 93.0, 12.0]
+
+
+def test_a_failed_attack_is_marked_on_its_row(tmp_path):
+    found = collect_metrics(write_metrics(tmp_path, {("cifar10", "wanet", "none"): {1: (95.0, 58.9), 2: (95.0, 96.0)},
+                                                     ("cifar10", "wanet", "asd"): {1: (94.0, 0.5), 2: (94.0, 0.4)}}),
+                            ["cifar10"], ["wanet"], ["none", "asd"])
+    md = assemble(found, load_paper(REPO / "reference" / "paper_table.csv"), "t", ["cifar10"], {})["table.md"]
+    assert "**Attack failed**" in md and "WaNet (1/2 seeds)" in md
+
+
+def test_paper_diff_outside_tolerance_is_flagged(tmp_path):
+    found = collect_metrics(write_metrics(tmp_path, {("cifar10", "badnets", "none"): {1: (80.0, 100.0),
+                                                                                      2: (80.2, 100.0)}}),
+                            ["cifar10"], ["badnets"], ["none"])
+    files = assemble(found, load_paper(REPO / "reference" / "paper_table.csv"), "t", ["cifar10"], {})
+    row = pd.read_csv(pd.io.common.StringIO(files["summary.csv"])).iloc[0]
+    assert row.acc_verdict == "outside" and row.asr_verdict == "within"
+    assert "-14.8 ±2.5 **out**" in files["table.md"]  # 2 x binomial SE of 80.1% on 1,000 = 2.5
 
 
 def test_stand_in_dataset_is_labelled(tmp_path):
-    p = tmp_path / "mnist5k" / "badnets" / "none.json"
-    p.parent.mkdir(parents=True)
-    p.write_text(json.dumps({"acc": 98.0, "asr": 100.0}))
-    found = collect_metrics(tmp_path, ["mnist5k"], ["badnets"], ["none"])
+    found = collect_metrics(write_metrics(tmp_path, {("mnist5k", "badnets", "none"): {100: (98.0, 100.0)}}),
+                            ["mnist5k"], ["badnets"], ["none"])
     files = assemble(found, load_paper(REPO / "reference" / "paper_table.csv"), "mini", ["mnist5k"],
                      {"mnist5k": "cifar10"})
-    assert "stand-in" in files["table.md"]
-    csv = pd.read_csv(pd.io.common.StringIO(files["table.csv"]))
-    assert csv.iloc[0].paper_dataset == "cifar10" and csv.iloc[0].acc_diff == pytest.approx(98.0 - 94.9)
+    assert "stand-in" in files["table.md"] and "98.0 (1)" in files["table.md"]
+    row = pd.read_csv(pd.io.common.StringIO(files["summary.csv"])).iloc[0]
+    assert row.paper_dataset == "cifar10" and row.acc_diff == pytest.approx(98.0 - 94.9)
 
 
 def test_no_paper_row_means_no_diff(tmp_path):
-    p = tmp_path / "fashion_mnist" / "blend" / "none.json"
-    p.parent.mkdir(parents=True)
-    p.write_text(json.dumps({"acc": 90.0, "asr": 99.0}))
-    found = collect_metrics(tmp_path, ["fashion_mnist"], ["blend"], ["none"])
+    found = collect_metrics(write_metrics(tmp_path, {("fashion_mnist", "blend", "none"): {1: (90.0, 99.0)}}),
+                            ["fashion_mnist"], ["blend"], ["none"])
     files = assemble(found, load_paper(REPO / "reference" / "paper_table.csv"), "x", ["fashion_mnist"], {})
-    assert "## Paper" not in files["table.md"]
-    csv = pd.read_csv(pd.io.common.StringIO(files["table.csv"]))
-    assert csv.acc_diff.isna().all()
+    assert "## Paper" not in files["table.md"] and "acc_diff" not in files["summary.csv"]
+
+
+def test_metrics_without_seeds_are_a_clear_error(tmp_path):
+    from asd_repro.errors import UserError
+
+    p = tmp_path / "cifar10" / "badnets" / "none.json"
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps({"acc": 95.0, "asr": 99.0}))
+    with pytest.raises(UserError, match="no per-seed entries"):
+        collect_metrics(tmp_path, ["cifar10"], ["badnets"], ["none"])
+
+
+def test_noise_model_on_hand_computed_values():
+    assert binomial_se(97.0, 1000) == pytest.approx(0.5394, abs=1e-4)  # ~0.5 points at 97% on 1,000 images
+    assert pooled_std([1.0, 3.0], [2.0, 2.0, 2.0]) == pytest.approx((2.0 / 3.0) ** 0.5)
+    noise = Noise(k=2, abs_floor=1.0, collapse_margin=0.1)
+    assert noise.tolerance("acc", float("nan"), 100.0, 1000) == 1.0  # no spread, no binomial noise: the floor
+    assert noise.collapsed(19.0, 10) and not noise.collapsed(19.1, 10)  # 10 + 0.1 x 90
+    assert noise.collapsed(55.0, 2) and not noise.collapsed(56.0, 2)  # 50 + 0.1 x 50

@@ -37,6 +37,12 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def milestone_epochs(fractions: tuple[float, ...], epochs: int) -> list[int]:
+    """The epochs after which a phase's learning rates drop: ``fractions`` of its length, never before the first
+    epoch has run (a milestone of 0 would drop the rate before any step, as a 1-epoch phase otherwise gets)."""
+    return [max(1, int(round(f * epochs))) for f in fractions]
+
+
 def _nets():
     """The torch modules, defined lazily so that importing the plug-in does not import torch."""
     import torch
@@ -276,7 +282,7 @@ class IAB(Attack):
                 yield first[i:i + batch], second[i:i + batch]
 
         def steps_at(epochs):
-            return [int(round(f * epochs)) for f in self.milestones]
+            return milestone_epochs(self.milestones, epochs)
 
         # 1. the mask network alone
         opt_m = torch.optim.Adam(m.parameters(), lr=self.lr_m, betas=(0.5, 0.9))

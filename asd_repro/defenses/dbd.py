@@ -380,6 +380,7 @@ def pretrain_stage(clean: Path, poisoned: Path, out: Path, checkpoints: Path | N
 
     from asd_repro.io import atomic_dir
     from asd_repro.models import create_model
+    from asd_repro.provenance import environment
     from asd_repro.stages import to_nchw, open_cell, write_run_folder
 
     cell = open_cell(clean, poisoned, seed, device, channels_last)
@@ -394,7 +395,8 @@ def pretrain_stage(clean: Path, poisoned: Path, out: Path, checkpoints: Path | N
     assert not unexpected and set(missing) == head_parameter_names(model), (missing, unexpected)
     record = {"dataset": data.info.name, "attack": cell.meta["attack"], "seed": seed, "device": str(dev),
               "torch": torch.__version__, "python": platform.python_version(),
-              "wall_seconds": round(time.perf_counter() - start, 2), "model": cell.model_kwargs, **info}
+              "wall_seconds": round(time.perf_counter() - start, 2), "model": cell.model_kwargs,
+              "environment": environment(dev), **info}
     with atomic_dir(out) as tmp:
         write_run_folder(tmp, asked_config, model, cell.model_kwargs, "pretrain.json", record)
     checkpointer.clear()

@@ -1,17 +1,23 @@
-"""Join per-cell metrics with the paper's table and render it in the paper's layout.
+"""Join per-seed metrics with the paper's table and render it in the paper's layout, with seed statistics.
 
-Rows are dataset x attack plus an Average row per dataset; columns are defense x {ACC, ASR}. A cell
-that was not run is empty, never 0. Averages are over the attacks that were run.
+Rows are dataset x attack plus an Average row per dataset; columns are defense x {ACC, ASR}. A cell that was not
+run is empty, never 0. A cell shows ACC as mean ± sample std (n seeds) and ASR as median [min–max] with the number
+of seeds in which the attack succeeded; a collapsed model (ACC near chance) is marked and never read as a defense
+that worked. The diff against the paper gives each cell a verdict within a tolerance (``stats.Noise``).
+Averages are over the attacks that were run (per seed, then summarised).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from asd_repro.errors import UserError
+from asd_repro.report.stats import Noise, fmt_acc, fmt_asr, summarise
 
 PAPER_ATTACKS = ["badnets", "blend", "wanet", "iab", "refool", "clb"]
 PAPER_DEFENSES = ["none", "fp", "nad", "abl", "dbd", "asd"]
@@ -20,23 +26,47 @@ LABELS = {"none": "No Defense", "fp": "FP", "nad": "NAD", "abl": "ABL", "dbd": "
           "average": "Average", "cifar10": "CIFAR-10", "gtsrb": "GTSRB", "imagenet30": "ImageNet-30",
           "mnist5k": "mnist5k", "fashion_mnist": "Fashion-MNIST"}
 METRICS = ("acc", "asr")
+LONG_COLUMNS = ["dataset", "attack", "defense", "seed", "acc", "asr", "n_clean", "n_asr", "num_classes",
+                "environment"]
+KEY = ["dataset", "attack", "defense"]
 
 
-def collect_metrics(folder: Path, datasets: list[str], attacks: list[str], defenses: list[str]) -> pd.DataFrame:
-    """Read ``<folder>/<dataset>/<attack>/<defense>.json`` for the requested cells that exist."""
+def label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+def metrics_rows(path: Path, dataset: str, attack: str, defense: str) -> list[dict[str, Any]]:
+    """The per-seed rows of one ``<defense>.json`` written by the evaluate stage."""
+    from asd_repro.provenance import summary
+
+    try:
+        m = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e}); re-run its evaluate stage (dvc repro -f)") from None
+    if not isinstance(m, dict) or not isinstance(m.get("seeds"), dict):
+        raise UserError(f"{path}: no per-seed entries ('seeds'); it predates seeds as an axis: re-run its "
+                        "evaluate stage (dvc repro)")
+    rows = []
+    for seed, s in m["seeds"].items():
+        env = s.get("environment") or {}
+        rows.append({"dataset": dataset, "attack": attack, "defense": defense, "seed": int(seed),
+                     "acc": s.get("acc"), "asr": s.get("asr"), "n_clean": s.get("n_clean"), "n_asr": s.get("n_asr"),
+                     "num_classes": m.get("num_classes"), "environment": summary(env) if env else ""})
+    return rows
+
+
+def collect_metrics(folder: Path, datasets: list[str], attacks: list[str], defenses: list[str],
+                    seeds: list[int] | None = None) -> pd.DataFrame:
+    """Read ``<folder>/<dataset>/<attack>/<defense>.json`` for the requested cells that exist: one row a seed
+    (only ``seeds`` when given)."""
     rows = []
     for d in datasets:
         for a in attacks:
             for f in defenses:
-                path = folder / d / a / f"{f}.json"
-                if not path.exists():
-                    continue
-                try:
-                    m = json.loads(path.read_text())
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}: not valid JSON ({e}); re-run its evaluate stage (dvc repro -f)") from None
-                rows.append({"dataset": d, "attack": a, "defense": f, "acc": m.get("acc"), "asr": m.get("asr")})
-    return pd.DataFrame(rows, columns=["dataset", "attack", "defense", "acc", "asr"])
+                path = Path(folder) / d / a / f"{f}.json"
+                if path.exists():
+                    rows += [r for r in metrics_rows(path, d, a, f) if seeds is None or r["seed"] in seeds]
+    return pd.DataFrame(rows, columns=LONG_COLUMNS)
 
 
 def load_paper(path: Path) -> pd.DataFrame:
@@ -50,81 +80,202 @@ def load_paper(path: Path) -> pd.DataFrame:
     return paper[paper["attack"] != "average"]
 
 
-def with_averages(long: pd.DataFrame) -> pd.DataFrame:
-    """Append, per dataset and defense, the mean over the attacks that have a value."""
+def with_average_seeds(long: pd.DataFrame) -> pd.DataFrame:
+    """Append, per dataset, defense and seed, the mean over the attacks that have a value (attack 'average')."""
     if long.empty:
         return long
-    avg = long.groupby(["dataset", "defense"], as_index=False)[list(METRICS)].mean()
+    avg = long.groupby(["dataset", "defense", "seed"], as_index=False).agg(
+        acc=("acc", "mean"), asr=("asr", "mean"), n_clean=("n_clean", "sum"), n_asr=("n_asr", "sum"),
+        num_classes=("num_classes", "first"), environment=("environment", "first"))
     avg["attack"] = "average"
     return pd.concat([long, avg[long.columns]], ignore_index=True)
 
 
-def wide(long: pd.DataFrame, datasets: list[str], attacks: list[str]) -> pd.DataFrame:
-    """Paper layout: index (dataset, attack) incl. Average, columns (defense, ACC/ASR); empty when not run."""
-    rows = pd.MultiIndex.from_tuples([(d, a) for d in datasets for a in attacks + ["average"]],
-                                     names=["dataset", "attack"])
-    cols = pd.MultiIndex.from_tuples([(f, m) for f in PAPER_DEFENSES for m in METRICS])
-    table = pd.DataFrame(index=rows, columns=cols, dtype=float)
-    for r in long.itertuples():
-        if (r.dataset, r.attack) in table.index and r.defense in PAPER_DEFENSES:
-            for m in METRICS:
-                table.loc[(r.dataset, r.attack), (r.defense, m)] = getattr(r, m)
-    return table
+def summary_table(long: pd.DataFrame, noise: Noise) -> pd.DataFrame:
+    """One row a cell: the seed statistics of ACC and ASR, collapsed and attack-succeeded counts."""
+    rows = []
+    for key, g in long.groupby(KEY, sort=False):
+        acc, asr = summarise(g["acc"], "acc"), summarise(g["asr"], "asr")
+        classes = g["num_classes"].dropna()
+        collapsed = sum(noise.collapsed(a, int(classes.iloc[0]) if len(classes) else None) for a in g["acc"])
+        row = dict(zip(KEY, key))
+        row.update({f"acc_{k}": v for k, v in acc.items()})
+        row.update({f"asr_{k}": v for k, v in asr.items() if k != "n"})
+        row.update(seeds=" ".join(str(s) for s in sorted(g["seed"])), collapsed=int(collapsed),
+                   attack_succeeded=int((g["asr"] >= noise.asr_success).sum()),
+                   n_clean=float(g["n_clean"].mean()) if g["n_clean"].notna().any() else float("nan"),
+                   n_asr=float(g["n_asr"].mean()) if g["n_asr"].notna().any() else float("nan"))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def _markdown(table: pd.DataFrame, decimals: int, signed: bool = False) -> str:
-    header = ["Dataset", "Attack"] + [f"{LABELS.get(f, f)} {m.upper()}" for f, m in table.columns]
-    body = []
-    last = None
-    for (d, a), values in table.iterrows():
-        cells = ["" if pd.isna(v) else (f"{v:+.{decimals}f}" if signed else f"{v:.{decimals}f}") for v in values]
-        body.append([LABELS.get(d, d) if d != last else "", LABELS.get(a, a)] + cells)
-        last = d
+def paper_reference(paper: pd.DataFrame, datasets: list[str], paper_dataset: dict[str, str]) -> tuple[
+        pd.DataFrame, dict[str, str | None]]:
+    """The paper's rows for our datasets (renamed to ours), and which paper dataset each of ours is compared with."""
+    compared = {d: (d if d in set(paper["dataset"]) else paper_dataset.get(d)) for d in datasets}
+    parts = []
+    for d, ref in compared.items():
+        if ref is not None:
+            part = paper[paper["dataset"] == ref].copy()
+            part["dataset"] = d
+            parts.append(part)
+    return (pd.concat(parts, ignore_index=True) if parts else paper.iloc[0:0]), compared
+
+
+def paper_diff(summary: pd.DataFrame, ref: pd.DataFrame, noise: Noise) -> pd.DataFrame:
+    """Ours (ACC mean, ASR median) minus the paper per cell, with a tolerance and a verdict.
+
+    The paper reports one number, so the tolerance is one-sided in its noise: ``max(k * our seed std, k * binomial
+    SE of our value, abs_floor)``. The Average row compares the same attacks.
+    """
+    ran = ref.merge(summary[KEY][summary["attack"] != "average"], on=KEY)
+    if ran.empty:
+        return pd.DataFrame()
+    avg = ran.groupby(["dataset", "defense"], as_index=False)[list(METRICS)].mean()
+    avg["attack"] = "average"
+    ref_all = pd.concat([ran, avg[ran.columns]], ignore_index=True)
+    merged = summary.merge(ref_all[KEY + list(METRICS)].rename(columns={m: f"{m}_paper" for m in METRICS}),
+                           on=KEY, how="inner")
+    for m in METRICS:
+        ours = merged[f"{m}_centre"]
+        merged[f"{m}_diff"] = ours - merged[f"{m}_paper"]
+        merged[f"{m}_tol"] = [noise.tolerance(m, s, p, n, both_measured=False) for s, p, n in
+                              zip(merged[f"{m}_std"], ours, merged["n_clean" if m == "acc" else "n_asr"])]
+        merged[f"{m}_verdict"] = ["within" if abs(d) <= t else "outside"
+                                  for d, t in zip(merged[f"{m}_diff"], merged[f"{m}_tol"])]
+    return merged
+
+
+def _grid(values: dict[tuple[str, str, str], tuple[str, str]], datasets: list[str], attacks: list[str]) -> str:
+    """A pipe table in the paper's layout from ``(dataset, attack, defense) -> (ACC text, ASR text)``."""
     from tabulate import tabulate
 
+    header = ["Dataset", "Attack"] + [f"{label(f)} {m.upper()}" for f in PAPER_DEFENSES for m in METRICS]
+    body = []
+    for d in datasets:
+        for i, a in enumerate(attacks + ["average"]):
+            cells = []
+            for f in PAPER_DEFENSES:
+                cells += list(values.get((d, a, f), ("", "")))
+            body.append([label(d) if i == 0 else "", label(a)] + cells)
     return tabulate(body, headers=header, tablefmt="pipe", disable_numparse=True)
 
 
+def failed_attacks(long: pd.DataFrame, implant: float = 90.0) -> dict[tuple[str, str], tuple[int, int]]:
+    """(dataset, attack) -> (seeds whose No-Defense ASR < ``implant``, seeds), for the attacks that failed somewhere.
+
+    A defense's low ASR against an attack that did not implant is not a success; the table says so on the row.
+    """
+    out = {}
+    rows = long[(long["defense"] == "none") & (long["attack"] != "average")]
+    for (d, a), g in rows.groupby(["dataset", "attack"], sort=False):
+        failed = int((g["asr"] < implant).sum())
+        if failed:
+            out[(d, a)] = (failed, len(g))
+    return out
+
+
 def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: list[str],
-             paper_dataset: dict[str, str], decimals: int = 1) -> dict[str, str]:
-    """Return the output files' texts: table.md (ours, paper, diff) and table.csv (long, with paper and diff)."""
+             paper_dataset: dict[str, str], decimals: int = 1, noise: Noise | None = None,
+             claims: list[Any] | None = None, implant: float = 90.0) -> dict[str, str]:
+    """The output files' texts: table.md, table.csv (every seed, long) and summary.csv (one row a cell)."""
+    from asd_repro.report.claims import checklist
+
+    noise = noise or Noise()
     attacks = PAPER_ATTACKS + sorted(set(found["attack"]) - set(PAPER_ATTACKS))
-    ours = with_averages(found)
-    compared = {d: (d if d in set(paper["dataset"]) else paper_dataset.get(d)) for d in datasets}
-    ref_rows = []
-    for d, ref in compared.items():
-        if ref is None:
-            continue
-        part = paper[paper["dataset"] == ref].copy()
-        part["dataset"] = d
-        ref_rows.append(part)
-    ref = pd.concat(ref_rows, ignore_index=True) if ref_rows else paper.iloc[0:0]
-    ref_ran = ref.merge(found[["dataset", "attack", "defense"]], on=["dataset", "attack", "defense"])
-    merged = ours.merge(with_averages(ref_ran[["dataset", "attack", "defense", *METRICS]]),
-                        on=["dataset", "attack", "defense"], how="left", suffixes=("", "_paper"))
-    for m in METRICS:
-        merged[f"{m}_diff"] = merged[m] - merged[f"{m}_paper"]
-    merged.insert(0, "paper_dataset", merged["dataset"].map(compared))
-    merged.insert(0, "profile", profile)
+    long = with_average_seeds(found)
+    summary = summary_table(long, noise)
+    ref, compared = paper_reference(paper, datasets, paper_dataset)
+    diff = paper_diff(summary, ref, noise) if len(ref) else pd.DataFrame()
+
+    ours = {}
+    for r in summary.to_dict("records"):
+        acc = fmt_acc({k[4:]: v for k, v in r.items() if k.startswith("acc_")}, decimals)
+        asr = fmt_asr({"n": r["acc_n"], **{k[4:]: v for k, v in r.items() if k.startswith("asr_")}},
+                      r["attack_succeeded"], decimals)
+        if r["collapsed"]:
+            acc += f" collapsed {r['collapsed']}/{r['acc_n']}"
+        ours[(r["dataset"], r["attack"], r["defense"])] = (acc, asr)
+    seeds = sorted(found["seed"].unique().tolist()) if len(found) else []
+    envs = sorted(e for e in found["environment"].unique() if e) if len(found) else []
 
     lines = [f"# ASD reproduction: profile `{profile}`", "",
-             "ACC: clean test accuracy (%). ASR: attack success rate (%) on triggered test images whose true class "
-             "is not the target. Final-epoch models (no test-set checkpoint selection). Empty cells were not run. "
-             "Averages are over the attacks that were run. Our choices that differ from the original papers are "
-             "listed in [DEVIATIONS.md](../../DEVIATIONS.md).", "",
-             "## Ours", "", _markdown(wide(ours, datasets, attacks), decimals), ""]
-    if len(ref):
+             f"Seeds: {', '.join(map(str, seeds)) or 'none'} ({len(seeds)}), each a full replicate (attack assets, "
+             "poisoned draw, initialisation, data order). Made in " +
+             ("; ".join(f"`{e}`" for e in envs) if envs else "an unrecorded environment") + ".", "",
+             "ACC: clean test accuracy (%), mean ± sample std (seeds). ASR: attack success rate (%) on triggered test "
+             "images whose true class is not the target, median [min–max] over seeds, then in how many seeds the "
+             f"attack succeeded (ASR >= {noise.asr_success:g}). Final-epoch models (no test-set checkpoint "
+             "selection). 'collapsed k/n': k seeds whose ACC is near chance (at most chance + "
+             f"{noise.collapse_margin:g} x (100 - chance)), a broken model "
+             "and never a defense's success. Empty cells were not run. Averages are over the attacks that were "
+             "run. Our choices that differ from the original papers are listed in "
+             "[DEVIATIONS.md](../../DEVIATIONS.md); every seed's value is in `table.csv`.", "",
+             "## Ours", "", _grid(ours, datasets, attacks), ""]
+    failed = failed_attacks(found, implant)
+    if failed:
+        lines += [f"**Attack failed** (No-Defense ASR below {implant:g}) in some seeds, so a defense's low ASR on "
+                  "that row is not a success there: " +
+                  ", ".join(f"{label(d)} {label(a)} ({k}/{n} seeds)" for (d, a), (k, n) in failed.items()) + ".", ""]
+    if claims:
+        lines += ["## Claims", "", checklist(claims), ""]
+    if len(diff):
         stand_ins = {d: r for d, r in compared.items() if r is not None and r != d}
-        note = "; ".join(f"our {LABELS.get(d, d)} is compared with the paper's {LABELS.get(r, r)}"
-                         for d, r in stand_ins.items())
+        note = "; ".join(f"our {label(d)} is compared with the paper's {label(r)}" for d, r in stand_ins.items())
+        paper_cells = {(r.dataset, r.attack, r.defense): (f"{r.acc_paper:.{decimals}f}", f"{r.asr_paper:.{decimals}f}")
+                       for r in diff.itertuples()}
+        diff_cells = {}
+        for r in diff.itertuples():
+            diff_cells[(r.dataset, r.attack, r.defense)] = tuple(
+                f"{getattr(r, f'{m}_diff'):+.{decimals}f} ±{getattr(r, f'{m}_tol'):.{decimals}f}"
+                + ("" if getattr(r, f"{m}_verdict") == "within" else " **out**") for m in METRICS)
+        outside = int(sum((diff[f"{m}_verdict"] == "outside").sum() for m in METRICS))
         lines += ["## Paper", "", "The paper's values for the same cells" + (f" ({note}: a stand-in, not the same "
-                  "dataset)" if note else "") + ".", "",
-                  _markdown(wide(with_averages(ref), datasets, attacks), decimals), "",
-                  "## Ours minus paper", "", "Only cells that were run; the Average row compares the same attacks.",
-                  "", _markdown(wide(merged.assign(acc=merged["acc_diff"], asr=merged["asr_diff"]),
-                                     datasets, attacks), decimals, signed=True), ""]
-    order = {a: i for i, a in enumerate(attacks + ["average"])}
-    merged = merged.sort_values(["dataset", "attack", "defense"],
-                                key=lambda s: s.map(order) if s.name == "attack" else
-                                (s.map({f: i for i, f in enumerate(PAPER_DEFENSES)}) if s.name == "defense" else s))
-    return {"table.md": "\n".join(lines), "table.csv": merged.round(4).to_csv(index=False)}
+                  "dataset)" if note else "") + ".", "", _grid(paper_cells, datasets, attacks), "",
+                  "## Ours minus paper", "",
+                  "Ours (ACC mean, ASR median) minus the paper's, ± the tolerance max(k x seed std, k x binomial SE, "
+                  f"floor) with k = {noise.k:g} and floor {noise.abs_floor:g} points; **out**: outside it "
+                  f"({outside} of {2 * len(diff)} values). Only cells that were run; the Average row compares the "
+                  "same attacks.", "", _grid(diff_cells, datasets, attacks), ""]
+
+    order_a = {a: i for i, a in enumerate(attacks + ["average"])}
+    order_f = {f: i for i, f in enumerate(PAPER_DEFENSES)}
+
+    def ordered(df: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
+        return df.sort_values(KEY + extra, key=lambda s: s.map(order_a) if s.name == "attack" else
+                              (s.map(order_f) if s.name == "defense" else s)).reset_index(drop=True)
+
+    out_summary = summary if not len(diff) else summary.merge(
+        diff[KEY + [c for c in diff.columns if c.endswith(("_paper", "_diff", "_tol", "_verdict"))]], on=KEY,
+        how="left")
+    out_summary.insert(0, "profile", profile)
+    out_summary.insert(1, "paper_dataset", out_summary["dataset"].map(compared))
+    return {"table.md": "\n".join(lines),
+            "table.csv": ordered(found.assign(profile=profile), ["seed"])[["profile"] + LONG_COLUMNS].to_csv(
+                index=False),
+            "summary.csv": ordered(out_summary, []).round(4).to_csv(index=False)}
+
+
+def read_long(path_or_text: Path | str, source: str = "") -> pd.DataFrame:
+    """A long per-seed table (``table.csv``) from a file or its text; a one-line error when it is not one."""
+    import io
+
+    text = Path(path_or_text).read_text() if isinstance(path_or_text, Path) else path_or_text
+    try:
+        df = pd.read_csv(io.StringIO(text))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UserError(f"{source or path_or_text}: not a table.csv ({type(e).__name__}); pass a table.csv, a "
+                        "metrics folder or REV:path") from None
+    missing = {"dataset", "attack", "defense", "seed", "acc", "asr"} - set(df.columns)
+    if missing:
+        raise UserError(f"{source or path_or_text}: not a per-seed table.csv (missing {', '.join(sorted(missing))}); "
+                        "tables written before seeds were an axis cannot be compared cell by cell: regenerate it")
+    for col in ("n_clean", "n_asr", "num_classes", "environment"):
+        if col not in df.columns:
+            df[col] = float("nan") if col != "environment" else ""
+    df["environment"] = df["environment"].fillna("")
+    return df[df["attack"] != "average"][LONG_COLUMNS].reset_index(drop=True)
+
+
+def is_nan(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))

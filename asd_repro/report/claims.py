@@ -1,0 +1,213 @@
+"""The paper's claims as data, checked against a table with its seed statistics.
+
+A claims file (``reference/claims.yaml``) is a YAML list, one claim a line, each a flow mapping:
+
+    - {id: asd-defends, text: "ASD ASR <= 5 on every attack", defense: asd, metric: asr, op: "<=", value: 5}
+    - {id: asd-keeps-acc, text: "...", defense: asd, metric: acc, op: ">=", ref: none, offset: -2, stat: mean}
+    - {id: asd-best, text: "...", kind: best_average, defense: asd, metric: acc, among: {metric: asr, op: "<=", value: 5}}
+
+``kind: every_attack`` (the default) must hold on every attack of every dataset that has the cell (``attacks:``
+narrows it); ``kind: best_average`` says the defense has the best average of ``metric`` over the attacks among the
+defenses whose average of ``among.metric`` passes ``among.op among.value`` (each defense's per-attack centre:
+ACC mean, ASR median). ``stat`` says which seed statistic a cell is judged by:
+- ``worst`` (default for ASR): the seed least favourable to the claim, i.e. the claim holds in every seed;
+- ``mean`` (default for ACC), ``median``, ``best``.
+A relative claim (``ref``) compares with the same statistic of the ``ref`` defense's cell, plus ``offset``. A cell
+with a collapsed seed (ACC near chance) fails every claim on it: a broken model is never a defense's success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import operator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from asd_repro.errors import UserError
+from asd_repro.report.stats import Noise
+
+OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+FIELDS = {"id", "text", "kind", "defense", "metric", "op", "value", "ref", "offset", "stat", "attacks", "among"}
+STATS = ("worst", "best", "mean", "median")
+
+
+@dataclass
+class Claim:
+    id: str
+    text: str
+    defense: str
+    metric: str
+    op: str
+    kind: str = "every_attack"
+    value: float | None = None
+    ref: str | None = None
+    offset: float = 0.0
+    stat: str | None = None
+    attacks: list[str] | None = None
+    among: dict[str, Any] | None = None
+
+    @property
+    def statistic(self) -> str:
+        return self.stat or ("worst" if self.metric == "asr" else "mean")
+
+
+@dataclass
+class Result:
+    claim: Claim
+    holds: bool
+    detail: str
+    failures: list[str] = field(default_factory=list)
+
+
+def load_claims(path: Path) -> list[Claim]:
+    """Parse and validate a claims file; a one-line error naming the file, the claim and the fix."""
+    import yaml
+
+    try:
+        items = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: claims file not found; pass an existing file (e.g. reference/claims.yaml)") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: malformed YAML ({str(e).splitlines()[0]}); one claim a line, as a flow "
+                        "mapping {id: ..., ...}") from None
+    if not isinstance(items, list):
+        raise UserError(f"{path}: expected a list of claims (one '- {{id: ...}}' a line)")
+    claims, seen = [], set()
+    for i, item in enumerate(items, 1):
+        where = f"{path}: claim {i}"
+        if not isinstance(item, dict):
+            raise UserError(f"{where}: expected a mapping {{id: ..., defense: ..., metric: ..., op: ...}}")
+        unknown = set(item) - FIELDS
+        if unknown:
+            raise UserError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(FIELDS))}")
+        for key in ("id", "defense", "metric", "op"):
+            if key not in item:
+                raise UserError(f"{where}: missing '{key}'")
+        where = f"{path}: claim {item['id']!r}"
+        if item["id"] in seen:
+            raise UserError(f"{where}: the id is used twice; make ids unique")
+        seen.add(item["id"])
+        if item["metric"] not in ("acc", "asr"):
+            raise UserError(f"{where}: metric must be acc or asr, got {item['metric']!r}")
+        if item["op"] not in OPS:
+            raise UserError(f"{where}: op must be one of {', '.join(OPS)}, got {item['op']!r}")
+        if item.get("stat") is not None and item["stat"] not in STATS:
+            raise UserError(f"{where}: stat must be one of {', '.join(STATS)}, got {item['stat']!r}")
+        kind = item.get("kind", "every_attack")
+        if kind == "every_attack":
+            if ("value" in item) == ("ref" in item):
+                raise UserError(f"{where}: give exactly one of 'value' (a number) or 'ref' (a defense, with 'offset')")
+        elif kind == "best_average":
+            among = item.get("among")
+            if not isinstance(among, dict) or set(among) != {"metric", "op", "value"} or among["op"] not in OPS:
+                raise UserError(f"{where}: best_average needs among: {{metric: asr, op: '<=', value: 5}}")
+        else:
+            raise UserError(f"{where}: kind must be every_attack or best_average, got {kind!r}")
+        claims.append(Claim(**{"text": item.get("text", item["id"]), **item}))
+    return claims
+
+
+def _stat(values: np.ndarray, statistic: str, op: str) -> float:
+    if statistic == "mean":
+        return float(values.mean())
+    if statistic == "median":
+        return float(np.median(values))
+    low_is_bad = op in (">=", ">")  # the claim wants large values: the worst seed is the smallest
+    worst = values.min() if low_is_bad else values.max()
+    best = values.max() if low_is_bad else values.min()
+    return float(worst if statistic == "worst" else best)
+
+
+def _collapsed(g: pd.DataFrame, noise: Noise) -> int:
+    return int(sum(noise.collapsed(a, None if pd.isna(c) else int(c)) for a, c in zip(g["acc"], g["num_classes"])))
+
+
+def _every_attack(claim: Claim, long: pd.DataFrame, noise: Noise) -> Result:
+    cells = long[long["defense"] == claim.defense]
+    if claim.attacks:
+        cells = cells[cells["attack"].isin(claim.attacks)]
+    failures, checked, margins = [], 0, []
+    for (d, a), g in cells.groupby(["dataset", "attack"], sort=False):
+        checked += 1
+        ours = _stat(g[claim.metric].to_numpy(float), claim.statistic, claim.op)
+        if claim.ref is not None:
+            r = long[(long["defense"] == claim.ref) & (long["dataset"] == d) & (long["attack"] == a)]
+            if r.empty:
+                failures.append(f"{d}/{a}: no {claim.ref} cell to compare with")
+                continue
+            bound = _stat(r[claim.metric].to_numpy(float), claim.statistic, claim.op) + claim.offset
+        else:
+            bound = float(claim.value)
+        collapsed = _collapsed(g, noise) + (_collapsed(r, noise) if claim.ref is not None else 0)
+        if collapsed:
+            failures.append(f"{d}/{a}: {collapsed} collapsed model(s)")
+        elif not OPS[claim.op](ours, bound):
+            failures.append(f"{d}/{a}: {ours:.1f} (needs {claim.op} {bound:.1f})")
+        margins.append(ours)
+    if not checked:
+        return Result(claim, False, f"no {claim.defense} cell in the table", ["no cell"])
+    detail = f"{checked - len(failures)}/{checked} cells hold ({claim.statistic} over seeds)"
+    return Result(claim, not failures, detail, failures)
+
+
+def _best_average(claim: Claim, long: pd.DataFrame, noise: Noise) -> Result:
+    among = claim.among or {}
+    failures, details = [], []
+    for d, part in long.groupby("dataset", sort=False):
+        per_cell = part.groupby(["defense", "attack"]).agg(acc=("acc", "mean"), asr=("asr", "median"))
+        avg = per_cell.groupby("defense").mean()
+        broken = {f for f, g in part.groupby("defense") if _collapsed(g, noise)}
+        eligible = avg[[OPS[among["op"]](v, among["value"]) and f not in broken
+                        for f, v in zip(avg.index, avg[among["metric"]])]]
+        if claim.defense not in eligible.index:
+            why = "has a collapsed model" if claim.defense in broken else (
+                f"average {among['metric'].upper()} {avg[among['metric']].get(claim.defense, float('nan')):.1f} "
+                f"is not {among['op']} {among['value']}")
+            failures.append(f"{d}: {claim.defense} is not eligible ({why})")
+            continue
+        pick = max if claim.op in (">=", ">") else min
+        best = pick(eligible.index, key=lambda f: eligible.loc[f, claim.metric])
+        details.append(f"{d}: best {best} ({eligible.loc[best, claim.metric]:.1f}) among "
+                       f"{', '.join(eligible.index)}")
+        if best != claim.defense and eligible.loc[best, claim.metric] != eligible.loc[claim.defense, claim.metric]:
+            failures.append(f"{d}: {best} {eligible.loc[best, claim.metric]:.1f} beats {claim.defense} "
+                            f"{eligible.loc[claim.defense, claim.metric]:.1f}")
+    return Result(claim, not failures and bool(details), "; ".join(details) or "no eligible cell", failures)
+
+
+def evaluate_claims(claims: list[Claim], long: pd.DataFrame, noise: Noise | None = None) -> list[Result]:
+    """Every claim's verdict on a long per-seed table (``table.csv`` rows, no Average rows)."""
+    noise = noise or Noise()
+    long = long[long["attack"] != "average"]
+    return [(_best_average if c.kind == "best_average" else _every_attack)(c, long, noise) for c in claims]
+
+
+def checklist(results: list[Result]) -> str:
+    lines = []
+    for r in results:
+        mark = "x" if r.holds else " "
+        why = "" if r.holds else " — fails: " + "; ".join(r.failures[:8]) + (
+            f"; and {len(r.failures) - 8} more" if len(r.failures) > 8 else "")
+        lines.append(f"- [{mark}] **{r.claim.id}**: {r.claim.text} ({r.detail}){why}")
+    held = sum(r.holds for r in results)
+    return "\n".join(lines + ["", f"{held} of {len(results)} claims hold."])
+
+
+def main(argv: list[str]) -> int:
+    from asd_repro.report.compare import load_table
+
+    ap = argparse.ArgumentParser(prog="asd-repro claims",
+                                 description="check claims against a table; exit 1 when one fails, 2 on bad input")
+    ap.add_argument("table", help="a table.csv, a metrics folder, or REV:path of either")
+    ap.add_argument("--claims", type=Path, default=Path("reference/claims.yaml"), help="the claims file")
+    ap.add_argument("--collapse-margin", type=float, default=Noise.collapse_margin,
+                    help="ACC <= chance + this x (100 - chance) is a collapsed model (it fails every claim on its cell)")
+    args = ap.parse_args(argv)
+    long, _ = load_table(args.table)
+    results = evaluate_claims(load_claims(args.claims), long, Noise(collapse_margin=args.collapse_margin))
+    print(f"# Claims of {args.claims} on {args.table}\n\n{checklist(results)}")
+    return 0 if all(r.holds for r in results) else 1

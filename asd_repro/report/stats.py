@@ -1,0 +1,101 @@
+"""The noise model of a table: seed statistics per cell, the binomial floor of a test-set metric, tolerances.
+
+A cell is one (dataset, attack, defense) over its seeds. ACC is summarised as mean +- sample std (n); ASR, which
+is bimodal (a defense works or it does not), as median [min-max] with the number of seeds in which the attack
+succeeded. A tolerance between two values of a cell is ``max(k * seed std, k * binomial SE, abs_floor)``:
+- seed std: the sample standard deviation over seeds (pooled over both sides when comparing two tables), which
+  covers what a seed moves (assets, poisoned draw, initialisation, data order) and what a machine moves;
+- binomial SE: ``100 * sqrt(p (1 - p) / n)`` of a proportion measured on n test images (~0.5 points for ACC 97%
+  on 1,000 images), times sqrt(2) for a difference of two measurements;
+- abs_floor: the smallest difference worth a verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+# the metric each cell reports, and which statistic stands for it
+CENTRE = {"acc": "mean", "asr": "median"}
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The knobs of the noise model (``stages.table.*`` / ``asd-repro compare`` options)."""
+
+    k: float = 2.0  # multiples of the seed std and of the binomial SE
+    abs_floor: float = 1.0  # points
+    collapse_margin: float = 0.1  # ACC <= chance + this x (100 - chance) is a collapsed model (19% of 10 classes)
+    asr_success: float = 50.0  # a seed's attack succeeded at ASR >= this (%)
+
+    def collapsed(self, acc: float | None, num_classes: int | None) -> bool:
+        if acc is None or not num_classes or (isinstance(acc, float) and math.isnan(acc)):
+            return False
+        return acc <= collapse_threshold(num_classes, self.collapse_margin)
+
+    def tolerance(self, metric: str, std: float, p: float, n: float, both_measured: bool = True) -> float:
+        """The tolerance (points) of a difference in ``metric`` with seed std ``std``, value ``p`` (%) on n images."""
+        parts = [self.abs_floor]
+        if std is not None and not math.isnan(std):
+            parts.append(self.k * std)
+        if n and p is not None and not math.isnan(p):
+            parts.append(self.k * binomial_se(p, n) * (math.sqrt(2) if both_measured else 1.0))
+        return max(parts)
+
+
+def collapse_threshold(num_classes: int, margin: float) -> float:
+    """The clean ACC (%) at or below which a model is collapsed: ``margin`` of the way from chance to 100%."""
+    chance = 100.0 / num_classes
+    return chance + margin * (100.0 - chance)
+
+
+def binomial_se(p: float, n: float) -> float:
+    """Standard error (points) of a percentage ``p`` measured on ``n`` samples."""
+    q = min(max(p / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(q * (1 - q) / n) if n else float("nan")
+
+
+def sample_std(values: Sequence[float]) -> float:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    return float(v.std(ddof=1)) if len(v) >= 2 else float("nan")
+
+
+def pooled_std(a: Sequence[float], b: Sequence[float]) -> float:
+    """The pooled sample std of two groups of seeds (nan when neither has two values)."""
+    groups = [np.asarray(g, dtype=float) for g in (a, b)]
+    dof = sum(len(g) - 1 for g in groups if len(g) >= 2)
+    if dof == 0:
+        return float("nan")
+    return float(math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups if len(g) >= 2) / dof))
+
+
+def centre(metric: str, values: Sequence[float]) -> float:
+    v = np.asarray(values, dtype=float)
+    if not len(v):
+        return float("nan")
+    return float(np.median(v) if CENTRE[metric] == "median" else v.mean())
+
+
+def summarise(values: Sequence[float], metric: str) -> dict[str, Any]:
+    """n, centre (mean for ACC, median for ASR), std, min and max of one cell's per-seed values."""
+    v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+    return {"n": len(v), "centre": centre(metric, v), "mean": float(np.mean(v)) if v else float("nan"),
+            "median": float(np.median(v)) if v else float("nan"), "std": sample_std(v),
+            "min": min(v) if v else float("nan"), "max": max(v) if v else float("nan")}
+
+
+def fmt_acc(s: dict[str, Any], decimals: int = 1) -> str:
+    if not s["n"]:
+        return ""
+    std = "" if math.isnan(s["std"]) else f" ± {s['std']:.{decimals}f}"
+    return f"{s['mean']:.{decimals}f}{std} ({s['n']})"
+
+
+def fmt_asr(s: dict[str, Any], succeeded: int, decimals: int = 1) -> str:
+    if not s["n"]:
+        return ""
+    spread = "" if s["n"] < 2 else f" [{s['min']:.{decimals}f}–{s['max']:.{decimals}f}]"
+    return f"{s['median']:.{decimals}f}{spread} {succeeded}/{s['n']}"
