@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,17 @@ def tiny_context(checkpoints: Path | None = None, stop_after_epoch: int | None =
         num_classes=3, augment=Augment(1, "reflect", True), normalize=Normalize((0.2,), (0.3,), "cpu"),
         new_model=tiny_model, generator=torch.Generator().manual_seed(7), checkpointer=Checkpointer(checkpoints, "k"),
         device=torch.device("cpu"), seed=7, stop_after_epoch=stop_after_epoch)
+
+
+METRICS_ENV = {"torch": "2.0", "numpy": "1.0", "cpu": "X", "threads": 2, "device": "cpu"}
+
+
+def write_metrics(root: Path, cells: dict, num_classes: int = 10, n_clean: int = 1000, n_asr: int = 900) -> Path:
+    """``cells``: (dataset, attack, defense) -> {seed: (acc, asr)}, written as the evaluate stage writes them."""
+    for (d, a, f), seeds in cells.items():
+        p = root / d / a / f"{f}.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps({"dataset": d, "attack": a, "defense": f, "num_classes": num_classes, "seeds": {
+            str(s): {"acc": acc, "asr": asr, "n_clean": n_clean, "n_asr": n_asr, "environment": METRICS_ENV}
+            for s, (acc, asr) in seeds.items()}}))
+    return root

@@ -9,22 +9,9 @@ import pytest
 
 from asd_repro.report.stats import Noise, binomial_se, pooled_std
 from asd_repro.report.table import assemble, collect_metrics, load_paper, read_long
+from conftest import write_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {"torch": "2.0", "numpy": "1.0", "cpu": "X", "threads": 2, "device": "cpu"}
-
-
-def write_metrics(root: Path, cells: dict, num_classes: int = 10, n_clean: int = 1000, n_asr: int = 900) -> Path:
-    """``cells``: (dataset, attack, defense) -> {seed: (acc, asr)}, written as the evaluate stage writes them."""
-    for (d, a, f), seeds in cells.items():
-        p = root / d / a / f"{f}.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps({"dataset": d, "attack": a, "defense": f, "num_classes": num_classes, "seeds": {
-            str(s): {"acc": acc, "asr": asr, "n_clean": n_clean, "n_asr": n_asr, "environment": ENV}
-            for s, (acc, asr) in seeds.items()}}))
-    return root
-
-
 @pytest.fixture
 def metrics_dir(tmp_path):
     return write_metrics(tmp_path, {

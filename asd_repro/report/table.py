@@ -252,7 +252,7 @@ def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: l
     out_summary.insert(1, "paper_dataset", out_summary["dataset"].map(compared))
     return {"table.md": "\n".join(lines),
             "table.csv": ordered(found.assign(profile=profile), ["seed"])[["profile"] + LONG_COLUMNS].to_csv(
-                index=False),
+                index=False, float_format="%.10g"),
             "summary.csv": ordered(out_summary, []).round(4).to_csv(index=False)}
 
 

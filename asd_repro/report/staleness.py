@@ -1,0 +1,82 @@
+"""Is the committed ``dvc.lock`` stale against the code, gin files and params? A check that needs no data.
+
+``python -m asd_repro.report.staleness`` (in the project root) exits 0 when every stage's git-tracked deps
+(code, gin files, reference tables), params and command match ``dvc.lock``, 1 naming the stages that ``dvc repro``
+would re-run because of them, 2 when DVC cannot tell. Deps that are other stages' outputs (the prepared data,
+models, metrics) are absent on a fresh clone and not judged: they are what ``dvc repro`` rebuilds.
+``dvc repro --dry`` cannot be this check on a fresh clone: it stops at the first stage whose data is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def stage_outputs(lock: dict) -> set[str]:
+    return {o["path"].rstrip("/") for s in lock.get("stages", {}).values() for o in s.get("outs", [])}
+
+
+def produced(path: str, outs: set[str]) -> bool:
+    path = path.rstrip("/")
+    return any(path == o or path.startswith(o + "/") or o.startswith(path + "/") for o in outs)
+
+
+def stale_stages(status: dict, outs: set[str], lock_stages: set[str]) -> dict[str, list[str]]:
+    """stage -> why it would re-run, from ``dvc status --json``, ignoring deps that stages produce."""
+    stale: dict[str, list[str]] = {}
+    for stage, items in status.items():
+        name = stage.split(":")[-1]
+        if name not in lock_stages:
+            stale.setdefault(name, []).append("not in dvc.lock")
+            continue
+        for item in items:
+            if isinstance(item, str):  # e.g. "changed command", "always changed"
+                stale.setdefault(name, []).append(item)
+                continue
+            for kind, changes in item.items():
+                if kind not in ("changed deps", "changed params"):
+                    continue
+                for path, why in changes.items():
+                    if isinstance(why, dict):  # a params file: {key: why}
+                        stale.setdefault(name, []).extend(f"{path}:{key} {w}" for key, w in why.items())
+                    elif not produced(path, outs):
+                        stale.setdefault(name, []).append(f"{path} {why}")
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    import yaml
+
+    root = Path(argv[0]) if argv else Path(".")
+    lock_file = root / "dvc.lock"
+    if not lock_file.is_file():
+        print(f"{lock_file}: not found; run `dvc repro` and commit dvc.lock", file=sys.stderr)
+        return 2
+    lock = yaml.safe_load(lock_file.read_text()) or {}
+    try:
+        run = subprocess.run(["dvc", "status", "--json"], cwd=root, capture_output=True, text=True, timeout=300)
+        status = json.loads(run.stdout or "{}")
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+        print(f"dvc status failed ({type(e).__name__}); install the project (pip install -e .) and run from its root",
+              file=sys.stderr)
+        return 2
+    if run.returncode != 0:
+        print(f"dvc status failed: {(run.stderr.strip().splitlines() or ['no message'])[-1]}", file=sys.stderr)
+        return 2
+    stale = stale_stages(status, stage_outputs(lock), set(lock.get("stages", {})))
+    if stale:
+        print(f"dvc.lock is stale: {len(stale)} stage(s) would re-run on `dvc repro` because code, gin files, "
+              "params or commands changed:")
+        for stage, why in sorted(stale.items()):
+            print(f"  {stage}: {'; '.join(why[:3])}" + (f"; and {len(why) - 3} more" if len(why) > 3 else ""))
+        print("Regenerate (dvc repro, from a clean clone) and commit dvc.lock with results/.")
+        return 1
+    print(f"dvc.lock matches the code, gin files, params and commands of all {len(lock.get('stages', {}))} stages")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

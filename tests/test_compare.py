@@ -1,0 +1,113 @@
+"""`asd-repro compare`: verdicts and exit codes on fixed tables, inputs as files, metrics folders and git revisions."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pandas as pd
+import pytest
+
+from asd_repro.cli import main
+from asd_repro.report.compare import compare, load_table
+from asd_repro.report.stats import Noise
+from asd_repro.report.table import LONG_COLUMNS
+from conftest import write_metrics
+
+ENV = "torch 2.0, numpy 1.0, cpu X, 2 threads, device cpu"
+
+
+def long_table(cells: dict, env: str = ENV) -> pd.DataFrame:
+    """``cells``: (attack, defense) -> {seed: (acc, asr)} on cifar10, 1,000 clean and 900 ASR images."""
+    rows = [{"dataset": "cifar10", "attack": a, "defense": f, "seed": s, "acc": acc, "asr": asr, "n_clean": 1000,
+             "n_asr": 900, "num_classes": 10, "environment": env}
+            for (a, f), seeds in cells.items() for s, (acc, asr) in seeds.items()]
+    return pd.DataFrame(rows, columns=LONG_COLUMNS)
+
+
+BASE = {("badnets", "none"): {1: (95.0, 99.0), 2: (94.0, 100.0), 3: (96.0, 98.0)},
+        ("badnets", "asd"): {1: (93.0, 1.0), 2: (93.5, 0.5), 3: (92.5, 1.5)}}
+
+
+def _write(tmp_path, name: str, cells: dict, env: str = ENV):
+    path = tmp_path / f"{name}.csv"
+    long_table(cells, env).to_csv(path, index=False)
+    return path
+
+
+def _verdicts(result: pd.DataFrame) -> dict:
+    return {(r.defense, r.metric): r.verdict for r in result.itertuples()}
+
+
+def test_identical_tables_pass(tmp_path, capsys):
+    base, new = _write(tmp_path, "base", BASE), _write(tmp_path, "new", BASE)
+    assert main(["compare", str(base), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "identical 4" in out and "Result: PASS" in out
+
+
+def test_a_cell_moved_beyond_tolerance_fails_and_is_named(tmp_path, capsys):
+    moved = {**BASE, ("badnets", "asd"): {1: (93.0, 41.0), 2: (93.5, 40.5), 3: (92.5, 41.5)}}
+    assert main(["compare", str(_write(tmp_path, "base", BASE)), str(_write(tmp_path, "new", moved))]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: cifar10/badnets/asd ASR changed" in out and "changed 1" in out
+
+
+def test_a_move_inside_the_seed_spread_is_within_noise(tmp_path, capsys):
+    # ACC mean 95.0 -> 96.0: pooled seed std 1.0, tolerance max(2 x 1.0, 2 x SE(95.5%, 1000) x sqrt2, 1) = 2.0
+    shifted = {**BASE, ("badnets", "none"): {1: (96.0, 99.0), 2: (95.0, 100.0), 3: (97.0, 98.0)}}
+    assert main(["compare", str(_write(tmp_path, "base", BASE)), str(_write(tmp_path, "new", shifted))]) == 0
+    result = compare(long_table(BASE), long_table(shifted), Noise())
+    row = result[(result.defense == "none") & (result.metric == "acc")].iloc[0]
+    assert row.verdict == "within noise" and row["diff"] == pytest.approx(1.0) and row.tolerance == pytest.approx(2.0)
+    assert "within noise" in capsys.readouterr().out
+
+
+def test_a_missing_cell_fails_and_a_new_one_does_not(tmp_path, capsys):
+    fewer = {("badnets", "none"): BASE[("badnets", "none")]}
+    assert main(["compare", str(_write(tmp_path, "base", BASE)), str(_write(tmp_path, "new", fewer))]) == 1
+    assert "cifar10/badnets/asd ACC missing" in capsys.readouterr().out
+    assert _verdicts(compare(long_table(fewer), long_table(BASE), Noise()))[("asd", "acc")] == "new"
+    assert main(["compare", str(_write(tmp_path, "b2", fewer)), str(_write(tmp_path, "n2", BASE))]) == 0
+
+
+def test_exact_catches_a_tenth_of_a_point(tmp_path):
+    nudged = {**BASE, ("badnets", "none"): {1: (95.1, 99.0), 2: (94.0, 100.0), 3: (96.0, 98.0)}}
+    base, new = _write(tmp_path, "base", BASE), _write(tmp_path, "new", nudged)
+    assert main(["compare", str(base), str(new)]) == 0  # 0.03 points of the mean: noise
+    assert main(["compare", str(base), str(new), "--exact"]) == 1
+
+
+def test_other_environments_get_only_tolerance_verdicts(tmp_path, capsys):
+    other = _write(tmp_path, "new", BASE, env="torch 2.1, numpy 1.0, cpu Y, 2 threads, device cpu")
+    assert main(["compare", str(_write(tmp_path, "base", BASE)), str(other)]) == 0
+    out = capsys.readouterr().out
+    assert "Environments differ" in out and "identical 0" in out and "within noise 4" in out
+
+
+def test_metrics_folders_and_git_revisions_are_inputs(tmp_path, monkeypatch):
+    folder = write_metrics(tmp_path / "metrics", {("cifar10", "badnets", "none"): {1: (95.0, 99.0), 2: (94.0, 99.5)}})
+    long, _ = load_table(str(folder))
+    assert sorted(long["seed"]) == [1, 2] and set(long["defense"]) == {"none"}
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    long_table(BASE).to_csv("table.csv", index=False)
+    subprocess.run(git + ["add", "table.csv"], check=True)
+    subprocess.run(git + ["commit", "-qm", "base"], check=True)
+    moved = {**BASE, ("badnets", "none"): {1: (75.0, 99.0), 2: (74.0, 100.0), 3: (76.0, 98.0)}}
+    long_table(moved).to_csv("table.csv", index=False)
+    assert main(["compare", "HEAD:table.csv", "table.csv"]) == 1
+    assert main(["compare", "HEAD:table.csv", "HEAD:table.csv"]) == 0
+    assert main(["compare", "HEAD~5:table.csv", "table.csv"]) == 2  # a revision that does not exist: bad input
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "old.csv").write_text("dataset,attack,defense,acc,asr\ncifar10,badnets,none,95,99\n")
+    assert main(["compare", str(tmp_path / "old.csv"), str(tmp_path / "old.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a per-seed table.csv" in err
+    assert main(["compare", str(tmp_path / "nothing"), str(tmp_path / "old.csv")]) == 2
+    assert "not found" in capsys.readouterr().err

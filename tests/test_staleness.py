@@ -1,0 +1,55 @@
+"""The staleness check: a committed dvc.lock against the code, params and commands, on a clone without the data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asd_repro.report.staleness import main
+
+DVC_YAML = """stages:
+  make:
+    cmd: cp src.txt data.txt
+    deps: [src.txt]
+    params: [x]
+    outs: [data.txt]
+  use:
+    cmd: cp data.txt out.txt
+    deps: [data.txt, code.py]
+    outs: [out.txt]
+"""
+
+
+@pytest.mark.slow
+def test_lock_is_fresh_until_code_params_or_a_command_change(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    for name, text in {"dvc.yaml": DVC_YAML, "params.yaml": "x: 1\n", "src.txt": "a\n", "code.py": "A = 1\n"}.items():
+        (tmp_path / name).write_text(text)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    for produced in ("data.txt", "out.txt"):  # a fresh clone has none of the stages' outputs
+        (tmp_path / produced).unlink()
+    assert main([str(tmp_path)]) == 0
+    assert "matches" in capsys.readouterr().out
+
+    (tmp_path / "code.py").write_text("A = 2\n")
+    assert main([str(tmp_path)]) == 1
+    assert "use: code.py modified" in capsys.readouterr().out
+    (tmp_path / "code.py").write_text("A = 1\n")
+    (tmp_path / "params.yaml").write_text("x: 2\n")
+    assert main([str(tmp_path)]) == 1
+    assert "make: params.yaml:x modified" in capsys.readouterr().out
+    (tmp_path / "params.yaml").write_text("x: 1\n")
+    (tmp_path / "dvc.yaml").write_text(DVC_YAML.replace("cp data.txt out.txt", "cat data.txt > out.txt"))
+    assert main([str(tmp_path)]) == 1
+    assert "use:" in capsys.readouterr().out
+
+
+def test_no_lock_is_bad_input(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "dvc.lock: not found" in capsys.readouterr().err
