@@ -109,3 +109,15 @@ def test_noise_model_on_hand_computed_values():
     assert noise.tolerance("acc", float("nan"), 100.0, 1000) == 1.0  # no spread, no binomial noise: the floor
     assert noise.collapsed(19.0, 10) and not noise.collapsed(19.1, 10)  # 10 + 0.1 x 90
     assert noise.collapsed(55.0, 2) and not noise.collapsed(56.0, 2)  # 50 + 0.1 x 50
+
+
+def test_seed_noise_per_defense_column(metrics_dir):
+    from asd_repro.report.table import noise_by_defense
+
+    found = collect_metrics(metrics_dir, ["cifar10"], ["badnets", "blend"], ["none", "asd"])
+    noise = noise_by_defense(found).set_index("defense")
+    # none: BadNets ACC 95/94/96 (std 1.0, 2 dof), Blend 93/93/93 (0, 2 dof): pooled sqrt(2 / 4)
+    assert noise.loc["none", "acc_pooled_std"] == pytest.approx(0.5 ** 0.5)
+    assert noise.loc["none", "acc_widest_std"] == pytest.approx(1.0)
+    md = assemble(found, load_paper(REPO / "reference" / "paper_table.csv"), "t", ["cifar10"], {})["table.md"]
+    assert "## Seed noise" in md and "| CIFAR-10  | No Defense | 0.7" in md

@@ -130,7 +130,7 @@ def _every_attack(claim: Claim, long: pd.DataFrame, noise: Noise) -> Result:
     cells = long[long["defense"] == claim.defense]
     if claim.attacks:
         cells = cells[cells["attack"].isin(claim.attacks)]
-    failures, checked, margins = [], 0, []
+    failures, checked = [], 0
     for (d, a), g in cells.groupby(["dataset", "attack"], sort=False):
         checked += 1
         ours = _stat(g[claim.metric].to_numpy(float), claim.statistic, claim.op)
@@ -147,7 +147,6 @@ def _every_attack(claim: Claim, long: pd.DataFrame, noise: Noise) -> Result:
             failures.append(f"{d}/{a}: {collapsed} collapsed model(s)")
         elif not OPS[claim.op](ours, bound):
             failures.append(f"{d}/{a}: {ours:.1f} (needs {claim.op} {bound:.1f})")
-        margins.append(ours)
     if not checked:
         return Result(claim, False, f"no {claim.defense} cell in the table", ["no cell"])
     detail = f"{checked - len(failures)}/{checked} cells hold ({claim.statistic} over seeds)"

@@ -7,7 +7,6 @@ command line (``asd_repro/cli.py``, a dependency of every training stage).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from asd_repro.errors import UserError
-from asd_repro.report.stats import CENTRE, Noise, binomial_se, centre, pooled_std
-from asd_repro.report.table import KEY, LONG_COLUMNS, collect_metrics, label, read_long
+from asd_repro.report.stats import CENTRE, Noise, centre, pooled_std
+from asd_repro.report.table import KEY, collect_metrics, label, read_long
 
 VERDICTS = ("identical", "within noise", "changed", "missing", "new")
 FAILING = {"changed", "missing"}
@@ -55,8 +55,8 @@ def _metrics_from_files(files: dict[str, str], source: str) -> pd.DataFrame:
         if not names:
             raise UserError(f"{source}: no <dataset>/<attack>/<defense>.json metrics inside; pass a metrics folder "
                             "such as metrics/mini, or a table.csv")
-        ds, atks, defs = (sorted({p[i] for p in names}) for i in range(3))
-        return collect_metrics(Path(tmp), ds, atks, [d[:-5] for d in sorted({p[2] for p in names})])
+        datasets, attacks = (sorted({p[i] for p in names}) for i in range(2))
+        return collect_metrics(Path(tmp), datasets, attacks, sorted({p[2][:-len(".json")] for p in names}))
 
 
 def load_table(spec: str) -> tuple[pd.DataFrame, str]:
@@ -169,6 +169,3 @@ def main(argv: list[str]) -> int:
     if args.out:
         args.out.write_text(text)
     return 1 if result["verdict"].isin(FAILING).any() else 0
-
-
-__all__ = ["compare", "load_table", "main", "LONG_COLUMNS", "binomial_se"]

@@ -161,6 +161,27 @@ def _grid(values: dict[tuple[str, str, str], tuple[str, str]], datasets: list[st
     return tabulate(body, headers=header, tablefmt="pipe", disable_numparse=True)
 
 
+def noise_by_defense(long: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and defense column: the pooled seed std of ACC and of ASR over its attacks (the RMS of the
+    cells' sample stds, weighted by their degrees of freedom), and the widest single cell."""
+    rows = []
+    for (d, f), part in long[long["attack"] != "average"].groupby(["dataset", "defense"], sort=False):
+        row = {"dataset": d, "defense": f}
+        for m in METRICS:
+            ss, dof, widest = 0.0, 0, float("nan")
+            for _, g in part.groupby("attack", sort=False):
+                v = g[m].dropna().to_numpy(float)
+                if len(v) >= 2:
+                    ss += float(((v - v.mean()) ** 2).sum())
+                    dof += len(v) - 1
+                    std = float(v.std(ddof=1))
+                    widest = std if math.isnan(widest) else max(widest, std)
+            row[f"{m}_pooled_std"] = math.sqrt(ss / dof) if dof else float("nan")
+            row[f"{m}_widest_std"] = widest
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def failed_attacks(long: pd.DataFrame, implant: float = 90.0) -> dict[tuple[str, str], tuple[int, int]]:
     """(dataset, attack) -> (seeds whose No-Defense ASR < ``implant``, seeds), for the attacks that failed somewhere.
 
@@ -217,6 +238,20 @@ def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: l
         lines += [f"**Attack failed** (No-Defense ASR below {implant:g}) in some seeds, so a defense's low ASR on "
                   "that row is not a success there: " +
                   ", ".join(f"{label(d)} {label(a)} ({k}/{n} seeds)" for (d, a), (k, n) in failed.items()) + ".", ""]
+    noise_rows = noise_by_defense(found)
+    if len(noise_rows) and noise_rows["acc_pooled_std"].notna().any():
+        from tabulate import tabulate
+
+        body = [[label(r.dataset), label(r.defense)] + [
+            "" if math.isnan(getattr(r, c)) else f"{getattr(r, c):.{decimals}f}"
+            for c in ("acc_pooled_std", "acc_widest_std", "asr_pooled_std", "asr_widest_std")]
+            for r in noise_rows.sort_values(["dataset", "defense"], key=lambda c: c.map(
+                {f: i for i, f in enumerate(PAPER_DEFENSES)}) if c.name == "defense" else c).itertuples()]
+        lines += ["## Seed noise", "",
+                  "How much a cell moves from seed to seed (points): the pooled sample std over the attacks of each "
+                  "column, and its widest cell. Differences smaller than about twice these are noise.", "",
+                  tabulate(body, headers=["Dataset", "Defense", "ACC pooled std", "ACC widest", "ASR pooled std",
+                                          "ASR widest"], tablefmt="pipe", disable_numparse=True), ""]
     if claims:
         lines += ["## Claims", "", checklist(claims), ""]
     if len(diff):
@@ -275,7 +310,3 @@ def read_long(path_or_text: Path | str, source: str = "") -> pd.DataFrame:
             df[col] = float("nan") if col != "environment" else ""
     df["environment"] = df["environment"].fillna("")
     return df[df["attack"] != "average"][LONG_COLUMNS].reset_index(drop=True)
-
-
-def is_nan(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
