@@ -121,3 +121,21 @@ def test_seed_noise_per_defense_column(metrics_dir):
     assert noise.loc["none", "acc_widest_std"] == pytest.approx(1.0)
     md = assemble(found, load_paper(REPO / "reference" / "paper_table.csv"), "t", ["cifar10"], {})["table.md"]
     assert "## Seed noise" in md and "| CIFAR-10  | No Defense | 0.7" in md
+
+
+def test_pattern_against_the_paper_separates_findings_from_seed_noise(tmp_path):
+    from asd_repro.report.table import pattern
+
+    # paper (CIFAR-10): FP fails on Blend (77.1), ASD stops Blend (1.6), NAD stops Blend (3.4)
+    found = collect_metrics(write_metrics(tmp_path, {
+        ("cifar10", "blend", "fp"): {1: (95.0, 20.0), 2: (95.0, 30.0), 3: (95.0, 10.0)},  # stops: disagrees
+        ("cifar10", "blend", "asd"): {1: (95.0, 0.5), 2: (95.0, 90.0), 3: (95.0, 0.2)},   # 2 of 3: mixed
+        ("cifar10", "blend", "nad"): {1: (10.0, 0.0), 2: (95.0, 1.0), 3: (95.0, 2.0)},    # a collapsed seed
+    }), ["cifar10"], ["blend"], ["fp", "asd", "nad"])
+    ref = load_paper(REPO / "reference" / "paper_table.csv")
+    pat = pattern(found, ref[ref.dataset == "cifar10"], Noise()).set_index("defense")
+    assert (pat.loc["fp", "paper"], pat.loc["fp", "stopped"], pat.loc["fp", "verdict"]) == ("fails", 3, "disagrees")
+    assert (pat.loc["asd", "stopped"], pat.loc["asd", "verdict"]) == (2, "mixed")
+    assert (pat.loc["nad", "stopped"], pat.loc["nad", "verdict"]) == (2, "mixed"), "a collapsed model stops nothing"
+    md = assemble(found, ref, "t", ["cifar10"], {})["table.md"]
+    assert "fails; ours 3/3: **disagrees**" in md and "stops; ours 2/3: **mixed**" in md

@@ -94,8 +94,10 @@ def fmt_acc(s: dict[str, Any], decimals: int = 1) -> str:
     return f"{s['mean']:.{decimals}f}{std} ({s['n']})"
 
 
-def fmt_asr(s: dict[str, Any], succeeded: int, decimals: int = 1) -> str:
+def fmt_asr(s: dict[str, Any], succeeded: int | None, decimals: int = 1) -> str:
+    """``median [min–max] k/n``: k of the n seeds in which the attack succeeded (omitted when ``succeeded`` is None)."""
     if not s["n"]:
         return ""
     spread = "" if s["n"] < 2 else f" [{s['min']:.{decimals}f}–{s['max']:.{decimals}f}]"
-    return f"{s['median']:.{decimals}f}{spread} {succeeded}/{s['n']}"
+    count = "" if succeeded is None else f" {succeeded}/{s['n']}"
+    return f"{s['median']:.{decimals}f}{spread}{count}"

@@ -182,6 +182,39 @@ def noise_by_defense(long: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pattern(found: pd.DataFrame, ref: pd.DataFrame, noise: Noise) -> pd.DataFrame:
+    """Which defenses stop which attacks, ours against the paper's, seed by seed.
+
+    A seed's defense stops an attack when its ASR is below ``noise.asr_success`` and its model is not collapsed;
+    the paper's cell likewise. Per
+    cell: the paper's outcome, in how many of our seeds the defense stopped the attack, and whether we agree with
+    the paper in every seed, in none, or in some (then the disagreement is seed noise, not a finding).
+    """
+    rows = []
+    cells = found.merge(ref[KEY + ["asr"]].rename(columns={"asr": "asr_paper"}), on=KEY)
+    for key, g in cells.groupby(KEY, sort=False):
+        if key[2] == "none":
+            continue
+        paper_stops = bool(g["asr_paper"].iloc[0] < noise.asr_success)
+        broken = [noise.collapsed(a, None if pd.isna(c) else int(c)) for a, c in zip(g["acc"], g["num_classes"])]
+        stopped = int(sum(asr < noise.asr_success and not b for asr, b in zip(g["asr"], broken)))
+        agree = stopped if paper_stops else len(g) - stopped
+        verdict = "agrees" if agree == len(g) else ("disagrees" if agree == 0 else "mixed")
+        rows.append(dict(zip(KEY, key), paper="stops" if paper_stops else "fails", stopped=stopped, n=len(g),
+                         verdict=verdict))
+    return pd.DataFrame(rows, columns=KEY + ["paper", "stopped", "n", "verdict"])
+
+
+def _pattern_grid(values: dict[tuple[str, str, str], str], datasets: list[str], attacks: list[str]) -> str:
+    from tabulate import tabulate
+
+    defenses = [f for f in PAPER_DEFENSES if f != "none"]
+    body = [[label(d) if i == 0 else "", label(a)] + [values.get((d, a, f), "") for f in defenses]
+            for d in datasets for i, a in enumerate(attacks)]
+    return tabulate(body, headers=["Dataset", "Attack"] + [f"{label(f)}: paper; ours stopped" for f in defenses],
+                    tablefmt="pipe", disable_numparse=True)
+
+
 def failed_attacks(long: pd.DataFrame, implant: float = 90.0) -> dict[tuple[str, str], tuple[int, int]]:
     """(dataset, attack) -> (seeds whose No-Defense ASR < ``implant``, seeds), for the attacks that failed somewhere.
 
@@ -213,7 +246,7 @@ def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: l
     for r in summary.to_dict("records"):
         acc = fmt_acc({k[4:]: v for k, v in r.items() if k.startswith("acc_")}, decimals)
         asr = fmt_asr({"n": r["acc_n"], **{k[4:]: v for k, v in r.items() if k.startswith("asr_")}},
-                      r["attack_succeeded"], decimals)
+                      None if r["attack"] == "average" else r["attack_succeeded"], decimals)
         if r["collapsed"]:
             acc += f" collapsed {r['collapsed']}/{r['acc_n']}"
         ours[(r["dataset"], r["attack"], r["defense"])] = (acc, asr)
@@ -265,13 +298,26 @@ def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: l
                 f"{getattr(r, f'{m}_diff'):+.{decimals}f} ±{getattr(r, f'{m}_tol'):.{decimals}f}"
                 + ("" if getattr(r, f"{m}_verdict") == "within" else " **out**") for m in METRICS)
         outside = int(sum((diff[f"{m}_verdict"] == "outside").sum() for m in METRICS))
+        pat = pattern(found, ref, noise)
+        pat_cells = {(r.dataset, r.attack, r.defense): f"{r.paper}; ours {r.stopped}/{r.n}: " + (
+            f"**{r.verdict}**" if r.verdict != "agrees" else r.verdict) for r in pat.itertuples()}
         lines += ["## Paper", "", "The paper's values for the same cells" + (f" ({note}: a stand-in, not the same "
                   "dataset)" if note else "") + ".", "", _grid(paper_cells, datasets, attacks), "",
                   "## Ours minus paper", "",
                   "Ours (ACC mean, ASR median) minus the paper's, ± the tolerance max(k x seed std, k x binomial SE, "
                   f"floor) with k = {noise.k:g} and floor {noise.abs_floor:g} points; **out**: outside it "
                   f"({outside} of {2 * len(diff)} values). Only cells that were run; the Average row compares the "
-                  "same attacks.", "", _grid(diff_cells, datasets, attacks), ""]
+                  "same attacks." + (" Against a stand-in dataset the ACC verdicts compare two datasets and are "
+                                     "expected to be out; the ASR verdicts and the pattern below carry over."
+                                     if note else ""), "", _grid(diff_cells, datasets, attacks), "",
+                  "## Pattern against the paper", "",
+                  f"Which defenses stop which attacks (ASR below {noise.asr_success:g}): the paper's outcome, and in "
+                  "how many of our seeds the defense stopped the attack. **disagrees**: in every seed (a finding "
+                  "at this scale); **mixed**: in some seeds only (seed noise, not a finding). A collapsed model "
+                  "never stops an attack; on a row whose attack failed to implant (above) a stop means nothing. "
+                  "Counts: " +
+                  ", ".join(f"{v} {int((pat['verdict'] == v).sum())}" for v in ("agrees", "disagrees", "mixed")) +
+                  ".", "", _pattern_grid(pat_cells, datasets, attacks), ""]
 
     order_a = {a: i for i, a in enumerate(attacks + ["average"])}
     order_f = {f: i for i, f in enumerate(PAPER_DEFENSES)}
