@@ -57,27 +57,33 @@ def acc_vs_asr(long: pd.DataFrame, out: Path, noise: Noise) -> None:
     datasets = list(dict.fromkeys(long["dataset"]))
     defenses = [f for f in PAPER_DEFENSES if f in set(long["defense"])]
     colours = _colours(list(dict.fromkeys(long["attack"])))
-    fig, axes = plt.subplots(len(datasets), len(defenses), figsize=(2.6 * len(defenses), 2.6 * len(datasets)),
-                             squeeze=False, sharex=True, sharey=True)
+    per_row = min(3, len(defenses))
+    rows_each = -(-len(defenses) // per_row)
+    fig, axes = plt.subplots(len(datasets) * rows_each, per_row, figsize=(3.4 * per_row, 2.9 * rows_each *
+                             len(datasets)), squeeze=False, sharex=True, sharey=True)
+    for ax in axes.flat:
+        ax.set_visible(False)
     for i, d in enumerate(datasets):
         for j, f in enumerate(defenses):
-            ax = axes[i][j]
+            ax = axes[i * rows_each + j // per_row][j % per_row]
+            ax.set_visible(True)
             part = long[(long["dataset"] == d) & (long["defense"] == f)]
             for a, g in part.groupby("attack", sort=False):
                 broken = [noise.collapsed(x, None if pd.isna(c) else int(c)) for x, c in zip(g["acc"], g["num_classes"])]
-                ax.scatter(g["asr"], g["acc"], s=22, color=colours[a], label=label(a),
-                           marker="o", edgecolors=["red" if b else "none" for b in broken])
-            ax.set_title(f"{label(f)}" + (f" ({label(d)})" if len(datasets) > 1 else ""), fontsize=9)
+                ax.scatter(g["asr"], g["acc"], s=26, color=colours[a], label=label(a), alpha=0.85,
+                           edgecolors=[(1, 0, 0, 1) if b else (0, 0, 0, 0) for b in broken], linewidths=1.5)
+            ax.set_title(label(f) + (f" ({label(d)})" if len(datasets) > 1 else ""), fontsize=9)
             ax.set_xlim(-3, 103)
             ax.grid(alpha=0.3)
-            if i == len(datasets) - 1:
-                ax.set_xlabel("ASR (%)")
-            if j == 0:
+            ax.tick_params(labelbottom=True)
+            ax.set_xlabel("ASR (%)")
+            if j % per_row == 0:
                 ax.set_ylabel("ACC (%)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle("ACC against ASR, every seed (red edge: collapsed model)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.suptitle("ACC against ASR, every seed a point (top left: the defense works; red edge: collapsed model)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
