@@ -4,7 +4,7 @@ BASE and NEW are each a per-seed ``table.csv``, a metrics folder (``metrics/<pro
 in git (``HEAD~1:results/mini/table.csv``). Per cell and metric (ACC mean, ASR median over seeds) the report gives
 base, new, difference, tolerance and a verdict:
 - identical: every seed's value equal, and both tables from the same environment;
-- within noise: the difference is within ``max(k x pooled seed std, k x binomial SE x sqrt(2), abs floor)``;
+- within noise: the difference is within ``max(k x pooled seed std, z x binomial SE x sqrt(2), abs floor)``;
 - changed: beyond it; missing: in BASE only; new: in NEW only.
 Exit status 1 when a cell changed or went missing, 0 otherwise, 2 on bad input. ``--exact`` makes any difference
 of any seed's value a change (same machine, same environment: runs are bit-identical there). Tables from different
@@ -124,7 +124,7 @@ def report(result: pd.DataFrame, base_label: str, new_label: str, base: pd.DataF
     counts = result["verdict"].value_counts()
     lines = [f"# Compare `{base_label}` -> `{new_label}`", "",
              ("Mode: --exact (any difference of any seed's value is a change)." if exact else
-              f"Tolerance: max({noise.k:g} x pooled seed std, {noise.k:g} x binomial SE x sqrt(2), "
+              f"Tolerance: max({noise.k:g} x pooled seed std, {noise.z:g} x binomial SE x sqrt(2), "
               f"{noise.abs_floor:g} points)."), ""]
     if envs_b != envs_n:
         lines += ["Environments differ, so no cell can be 'identical', only within noise or changed:",
@@ -153,14 +153,16 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="asd-repro compare", description=__doc__.splitlines()[0])
     ap.add_argument("base", help="table.csv, metrics folder, or REV:path")
     ap.add_argument("new", help="table.csv, metrics folder, or REV:path")
-    ap.add_argument("--k", type=float, default=Noise.k, help="multiples of the pooled seed std and binomial SE")
+    ap.add_argument("--k", type=float, default=Noise.k, help="multiples of the pooled seed std")
+    ap.add_argument("--binomial-z", type=float, default=Noise.z,
+                    help="multiples of the binomial SE of the test-set measurement (the binomial floor)")
     ap.add_argument("--abs-floor", type=float, default=Noise.abs_floor, help="smallest tolerance (points)")
     ap.add_argument("--exact", action="store_true", help="any difference of any seed's value is a change")
     ap.add_argument("--out", type=Path, help="also write the markdown report here")
     args = ap.parse_args(argv)
-    if args.k < 0 or args.abs_floor < 0:
-        raise UserError("--k and --abs-floor must be >= 0")
-    noise = Noise(k=args.k, abs_floor=args.abs_floor)
+    if min(args.k, args.binomial_z, args.abs_floor) < 0:
+        raise UserError("--k, --binomial-z and --abs-floor must be >= 0")
+    noise = Noise(k=args.k, z=args.binomial_z, abs_floor=args.abs_floor)
     base, base_label = load_table(args.base)
     new, new_label = load_table(args.new)
     result = compare(base, new, noise, args.exact)

@@ -16,7 +16,7 @@ import gin
 def table(metrics: Path, curves: Path | None, paper_csv: Path, claims_file: Path | None, out: Path, profile: str,
           datasets: list[str], attacks: list[str], defenses: list[str], seeds: list[int],
           paper_dataset: dict[str, str] | None = None, decimals: int = 1, tolerance_k: float = 2.0,
-          abs_floor: float = 1.0, collapse_margin: float = 0.1, asr_success: float = 50.0,
+          binomial_z: float = 2.0, abs_floor: float = 1.0, collapse_margin: float = 0.1, asr_success: float = 50.0,
           figures: bool = True) -> None:
     """Assemble ``table.md`` (seed statistics, claims, paper diff with tolerance verdicts), ``table.csv`` (every
     seed's value), ``summary.csv`` (one row a cell) and the figures.
@@ -25,7 +25,8 @@ def table(metrics: Path, curves: Path | None, paper_csv: Path, claims_file: Path
         paper_dataset: which paper dataset each of ours is compared with when the paper has no row for it (the
             embedded mnist5k stands in for CIFAR-10); the output says so.
         decimals: rounding of the rendered tables.
-        tolerance_k: the paper diff's tolerance is ``max(k * seed std, k * binomial SE, abs_floor)`` points.
+        tolerance_k: the paper diff's tolerance is ``max(k * seed std, z * binomial SE, abs_floor)`` points.
+        binomial_z: z of that tolerance (the binomial floor of a measurement on the test set).
         abs_floor: the smallest tolerance, in points.
         collapse_margin: a model whose clean ACC is at most chance + this x (100 - chance) is collapsed (19% for
             10 classes): marked in the table and a failure in every claim, never a defense's success.
@@ -38,7 +39,7 @@ def table(metrics: Path, curves: Path | None, paper_csv: Path, claims_file: Path
     from asd_repro.report.stats import Noise
     from asd_repro.report.table import assemble, collect_metrics, load_paper
 
-    noise = Noise(k=tolerance_k, abs_floor=abs_floor, collapse_margin=collapse_margin, asr_success=asr_success)
+    noise = Noise(k=tolerance_k, z=binomial_z, abs_floor=abs_floor, collapse_margin=collapse_margin, asr_success=asr_success)
     found = collect_metrics(Path(metrics), datasets, attacks, defenses, seeds)
     paper = load_paper(Path(paper_csv))
     claims = evaluate_claims(load_claims(Path(claims_file)), found, noise) if claims_file else []

@@ -2,7 +2,7 @@
 
 A cell is one (dataset, attack, defense) over its seeds. ACC is summarised as mean +- sample std (n); ASR, which
 is bimodal (a defense works or it does not), as median [min-max] with the number of seeds in which the attack
-succeeded. A tolerance between two values of a cell is ``max(k * seed std, k * binomial SE, abs_floor)``:
+succeeded. A tolerance between two values of a cell is ``max(k * seed std, z * binomial SE, abs_floor)``:
 - seed std: the sample standard deviation over seeds (pooled over both sides when comparing two tables), which
   covers what a seed moves (assets, poisoned draw, initialisation, data order) and what a machine moves;
 - binomial SE: ``100 * sqrt(p (1 - p) / n)`` of a proportion measured on n test images (~0.5 points for ACC 97%
@@ -26,7 +26,8 @@ CENTRE = {"acc": "mean", "asr": "median"}
 class Noise:
     """The knobs of the noise model (``stages.table.*`` / ``asd-repro compare`` options)."""
 
-    k: float = 2.0  # multiples of the seed std and of the binomial SE
+    k: float = 2.0  # multiples of the seed std
+    z: float = 2.0  # multiples of the binomial SE (the binomial floor)
     abs_floor: float = 1.0  # points
     collapse_margin: float = 0.1  # ACC <= chance + this x (100 - chance) is a collapsed model (19% of 10 classes)
     asr_success: float = 50.0  # a seed's attack succeeded at ASR >= this (%)
@@ -42,7 +43,7 @@ class Noise:
         if std is not None and not math.isnan(std):
             parts.append(self.k * std)
         if n and p is not None and not math.isnan(p):
-            parts.append(self.k * binomial_se(p, n) * (math.sqrt(2) if both_measured else 1.0))
+            parts.append(self.z * binomial_se(p, n) * (math.sqrt(2) if both_measured else 1.0))
         return max(parts)
 
 

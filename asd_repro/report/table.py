@@ -125,7 +125,7 @@ def paper_reference(paper: pd.DataFrame, datasets: list[str], paper_dataset: dic
 def paper_diff(summary: pd.DataFrame, ref: pd.DataFrame, noise: Noise) -> pd.DataFrame:
     """Ours (ACC mean, ASR median) minus the paper per cell, with a tolerance and a verdict.
 
-    The paper reports one number, so the tolerance is one-sided in its noise: ``max(k * our seed std, k * binomial
+    The paper reports one number, so the tolerance is one-sided in its noise: ``max(k * our seed std, z * binomial
     SE of our value, abs_floor)``. The Average row compares the same attacks.
     """
     ran = ref.merge(summary[KEY][summary["attack"] != "average"], on=KEY)
@@ -304,8 +304,8 @@ def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: l
         lines += ["## Paper", "", "The paper's values for the same cells" + (f" ({note}: a stand-in, not the same "
                   "dataset)" if note else "") + ".", "", _grid(paper_cells, datasets, attacks), "",
                   "## Ours minus paper", "",
-                  "Ours (ACC mean, ASR median) minus the paper's, ± the tolerance max(k x seed std, k x binomial SE, "
-                  f"floor) with k = {noise.k:g} and floor {noise.abs_floor:g} points; **out**: outside it "
+                  "Ours (ACC mean, ASR median) minus the paper's, ± the tolerance max(k x seed std, z x binomial SE, "
+                  f"floor) with k = {noise.k:g}, z = {noise.z:g} and floor {noise.abs_floor:g} points; **out**: outside it "
                   f"({outside} of {2 * len(diff)} values). Only cells that were run; the Average row compares the "
                   "same attacks." + (" Against a stand-in dataset the ACC verdicts compare two datasets and are "
                                      "expected to be out; the ASR verdicts and the pattern below carry over."
