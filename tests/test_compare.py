@@ -117,5 +117,5 @@ def test_each_term_of_the_tolerance_is_settable(tmp_path):
     shifted = {**BASE, ("badnets", "none"): {1: (96.0, 99.0), 2: (95.0, 100.0), 3: (97.0, 98.0)}}  # ACC +1.0
     base, new = _write(tmp_path, "base", BASE), _write(tmp_path, "new", shifted)
     assert main(["compare", str(base), str(new), "--k", "0", "--binomial-z", "0", "--abs-floor", "0.5"]) == 1
-    assert main(["compare", str(base), str(new), "--k", "0", "--binomial-z", "1.0", "--abs-floor", "0.5"]) == 0  # SE 1.3
+    assert main(["compare", str(base), str(new), "--k", "0", "--binomial-z", "1.5", "--abs-floor", "0.5"]) == 0  # 1.5 x 0.93
     assert main(["compare", str(base), str(new), "--k", "-1"]) == 2
