@@ -104,12 +104,20 @@ def test_metrics_folders_and_git_revisions_are_inputs(tmp_path, monkeypatch):
     assert main(["compare", "HEAD~5:table.csv", "table.csv"]) == 2  # a revision that does not exist: bad input
 
 
+def test_a_table_from_before_seeds_compares_as_one_unrecorded_seed(tmp_path, capsys):
+    (tmp_path / "old.csv").write_text("dataset,attack,defense,acc,asr\ncifar10,badnets,none,95,99\n"
+                                      "cifar10,average,none,95,99\n")
+    assert main(["compare", str(tmp_path / "old.csv"), str(_write(tmp_path, "new", BASE))]) == 0
+    out = capsys.readouterr().out
+    assert "Environments differ" in out and "new 2" in out and "within noise 2" in out  # the old Average row is dropped
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
-    (tmp_path / "old.csv").write_text("dataset,attack,defense,acc,asr\ncifar10,badnets,none,95,99\n")
-    assert main(["compare", str(tmp_path / "old.csv"), str(tmp_path / "old.csv")]) == 2
+    (tmp_path / "odd.csv").write_text("name,value\nx,1\n")
+    assert main(["compare", str(tmp_path / "odd.csv"), str(tmp_path / "odd.csv")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not a per-seed table.csv" in err
-    assert main(["compare", str(tmp_path / "nothing"), str(tmp_path / "old.csv")]) == 2
+    assert main(["compare", str(tmp_path / "nothing"), str(tmp_path / "odd.csv")]) == 2
     assert "not found" in capsys.readouterr().err
 
 

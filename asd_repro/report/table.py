@@ -338,7 +338,11 @@ def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: l
 
 
 def read_long(path_or_text: Path | str, source: str = "") -> pd.DataFrame:
-    """A long per-seed table (``table.csv``) from a file or its text; a one-line error when it is not one."""
+    """A long per-seed table (``table.csv``) from a file or its text; a one-line error when it is not one.
+
+    A table written before seeds were an axis (one row a cell, no ``seed`` column) reads as one seed (-1) whose
+    environment is unrecorded, so it can still be compared, with tolerance verdicts only.
+    """
     import io
 
     text = Path(path_or_text).read_text() if isinstance(path_or_text, Path) else path_or_text
@@ -347,10 +351,12 @@ def read_long(path_or_text: Path | str, source: str = "") -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise UserError(f"{source or path_or_text}: not a table.csv ({type(e).__name__}); pass a table.csv, a "
                         "metrics folder or REV:path") from None
+    if "seed" not in df.columns and {"dataset", "attack", "defense", "acc", "asr"} <= set(df.columns):
+        df["seed"] = -1  # a table from before seeds were an axis: one unnamed seed, its environment unrecorded
     missing = {"dataset", "attack", "defense", "seed", "acc", "asr"} - set(df.columns)
     if missing:
         raise UserError(f"{source or path_or_text}: not a per-seed table.csv (missing {', '.join(sorted(missing))}); "
-                        "tables written before seeds were an axis cannot be compared cell by cell: regenerate it")
+                        "pass the table.csv that `asd-repro table` writes, a metrics folder or REV:path")
     for col in ("n_clean", "n_asr", "num_classes", "environment"):
         if col not in df.columns:
             df[col] = float("nan") if col != "environment" else ""
