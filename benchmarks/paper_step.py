@@ -14,8 +14,9 @@ Then ``imagenet_ratio``: the per-image cost of an SGD step at 224x224 (standard 
 
 The projection multiplies the units by each defense's paper budget (params/defenses/*.gin) for CIFAR-10 (50,000
 training images), GTSRB (39,209) and ImageNet-30 (~39,000 at 224 px, every unit scaled by ``imagenet_ratio``), and
-adds them up for the 108-cell table (3 datasets x 6 attacks x 6 defenses). Left out, so a lower bound: the attacks'
-asset fits (IAB's generator, CLB's proxy), the per-epoch test evaluations, data movement and start-up. Costs other
+adds them up for the 108-cell table (3 datasets x 6 attacks x 6 defenses). Left out: the attacks' asset fits (IAB's
+generator, CLB's proxy), the per-epoch test evaluations, data movement and start-up; FP's pruning search is counted
+at its most (every one of layer4's 512 channels), which the accuracy threshold usually ends far sooner. Costs other
 than the four units (FP's pruning search, NAD's teacher forward, SimCLR's two-view step) are expressed in them
 (stated next to each formula below).
 """
