@@ -123,7 +123,7 @@ def _stat(values: np.ndarray, statistic: str, op: str) -> float:
 
 
 def _collapsed(g: pd.DataFrame, noise: Noise) -> int:
-    return int(sum(noise.collapsed(a, None if pd.isna(c) else int(c)) for a, c in zip(g["acc"], g["num_classes"])))
+    return int(sum(noise.collapsed_rows(g)))
 
 
 def _every_attack(claim: Claim, long: pd.DataFrame, noise: Noise) -> Result:

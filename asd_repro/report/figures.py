@@ -69,7 +69,7 @@ def acc_vs_asr(long: pd.DataFrame, out: Path, noise: Noise) -> None:
             ax.set_visible(True)
             part = long[(long["dataset"] == d) & (long["defense"] == f)]
             for a, g in part.groupby("attack", sort=False):
-                broken = [noise.collapsed(x, None if pd.isna(c) else int(c)) for x, c in zip(g["acc"], g["num_classes"])]
+                broken = noise.collapsed_rows(g)
                 ax.scatter(g["asr"], g["acc"], s=26, color=colours[a], label=label(a), alpha=0.85,
                            edgecolors=[(1, 0, 0, 1) if b else (0, 0, 0, 0) for b in broken], linewidths=1.5)
             ax.set_title(label(f) + (f" ({label(d)})" if len(datasets) > 1 else ""), fontsize=9)

@@ -37,6 +37,11 @@ class Noise:
             return False
         return acc <= collapse_threshold(num_classes, self.collapse_margin)
 
+    def collapsed_rows(self, rows: Any) -> list[bool]:
+        """Which rows of a long table (columns ``acc``, ``num_classes``) hold a collapsed model."""
+        return [self.collapsed(a, None if c is None or c != c else int(c)) for a, c in zip(rows["acc"],
+                                                                                        rows["num_classes"])]
+
     def tolerance(self, metric: str, std: float, p: float, n: float, both_measured: bool = True) -> float:
         """The tolerance (points) of a difference in ``metric`` with seed std ``std``, value ``p`` (%) on n images."""
         parts = [self.abs_floor]

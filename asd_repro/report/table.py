@@ -96,8 +96,7 @@ def summary_table(long: pd.DataFrame, noise: Noise) -> pd.DataFrame:
     rows = []
     for key, g in long.groupby(KEY, sort=False):
         acc, asr = summarise(g["acc"], "acc"), summarise(g["asr"], "asr")
-        classes = g["num_classes"].dropna()
-        collapsed = sum(noise.collapsed(a, int(classes.iloc[0]) if len(classes) else None) for a in g["acc"])
+        collapsed = sum(noise.collapsed_rows(g))
         row = dict(zip(KEY, key))
         row.update({f"acc_{k}": v for k, v in acc.items()})
         row.update({f"asr_{k}": v for k, v in asr.items() if k != "n"})
@@ -196,7 +195,7 @@ def pattern(found: pd.DataFrame, ref: pd.DataFrame, noise: Noise) -> pd.DataFram
         if key[2] == "none":
             continue
         paper_stops = bool(g["asr_paper"].iloc[0] < noise.asr_success)
-        broken = [noise.collapsed(a, None if pd.isna(c) else int(c)) for a, c in zip(g["acc"], g["num_classes"])]
+        broken = noise.collapsed_rows(g)
         stopped = int(sum(asr < noise.asr_success and not b for asr, b in zip(g["asr"], broken)))
         agree = stopped if paper_stops else len(g) - stopped
         verdict = "agrees" if agree == len(g) else ("disagrees" if agree == 0 else "mixed")
