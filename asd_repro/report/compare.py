@@ -22,7 +22,7 @@ import pandas as pd
 
 from asd_repro.errors import UserError
 from asd_repro.report.stats import CENTRE, Noise, centre, pooled_std
-from asd_repro.report.table import KEY, collect_metrics, label, read_long
+from asd_repro.report.table import KEY, LONG_COLUMNS, label, metrics_rows, read_long
 
 VERDICTS = ("identical", "within noise", "changed", "missing", "new")
 FAILING = {"changed", "missing"}
@@ -41,22 +41,15 @@ def _git(*args: str) -> str:
 
 def _metrics_from_files(files: dict[str, str], source: str) -> pd.DataFrame:
     """Long rows from ``{relative path <dataset>/<attack>/<defense>.json: text}`` (a metrics folder's files)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        names = set()
-        for rel, text in files.items():
-            parts = Path(rel).parts
-            if len(parts) != 3 or not rel.endswith(".json"):
-                continue
-            names.add(parts)
-            (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
-            (Path(tmp) / rel).write_text(text)
-        if not names:
-            raise UserError(f"{source}: no <dataset>/<attack>/<defense>.json metrics inside; pass a metrics folder "
-                            "such as metrics/mini, or a table.csv")
-        datasets, attacks = (sorted({p[i] for p in names}) for i in range(2))
-        return collect_metrics(Path(tmp), datasets, attacks, sorted({p[2][:-len(".json")] for p in names}))
+    rows = []
+    for rel, text in sorted(files.items()):
+        parts = Path(rel).parts
+        if len(parts) == 3 and rel.endswith(".json"):
+            rows += metrics_rows(text, f"{source}/{rel}", parts[0], parts[1], parts[2][:-len(".json")])
+    if not rows:
+        raise UserError(f"{source}: no <dataset>/<attack>/<defense>.json metrics inside; pass a metrics folder "
+                        "such as metrics/mini, or a table.csv")
+    return pd.DataFrame(rows, columns=LONG_COLUMNS)
 
 
 def load_table(spec: str) -> tuple[pd.DataFrame, str]:

@@ -35,12 +35,12 @@ def label(name: str) -> str:
     return LABELS.get(name, name)
 
 
-def metrics_rows(path: Path, dataset: str, attack: str, defense: str) -> list[dict[str, Any]]:
-    """The per-seed rows of one ``<defense>.json`` written by the evaluate stage."""
+def metrics_rows(text: str, path: Path | str, dataset: str, attack: str, defense: str) -> list[dict[str, Any]]:
+    """The per-seed rows of one ``<defense>.json`` written by the evaluate stage (its ``text``, read from ``path``)."""
     from asd_repro.provenance import summary
 
     try:
-        m = json.loads(path.read_text())
+        m = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e}); re-run its evaluate stage (dvc repro -f)") from None
     if not isinstance(m, dict) or not isinstance(m.get("seeds"), dict):
@@ -65,7 +65,8 @@ def collect_metrics(folder: Path, datasets: list[str], attacks: list[str], defen
             for f in defenses:
                 path = Path(folder) / d / a / f"{f}.json"
                 if path.exists():
-                    rows += [r for r in metrics_rows(path, d, a, f) if seeds is None or r["seed"] in seeds]
+                    rows += [r for r in metrics_rows(path.read_text(), path, d, a, f)
+                             if seeds is None or r["seed"] in seeds]
     return pd.DataFrame(rows, columns=LONG_COLUMNS)
 
 
