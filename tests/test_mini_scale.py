@@ -1,0 +1,52 @@
+"""The mini profile's post-training defenses follow the one scaling rule of DEVIATIONS.md ("Mini scaling rule"),
+derived from the paper profile's values: the reference's passes over the defender's clean data, the batch scaled
+with the data (floor 16), and the learning rate by the square-root rule for that batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from conftest import defense_from
+
+MINI_CLEAN = round(0.05 * 4000)    # mnist5k's training split: 400 images a class
+PAPER_CLEAN = round(0.05 * 50000)  # CIFAR-10's
+BATCH_FLOOR = 16
+
+
+def _pair(name: str):
+    paper = defense_from(name, "base.gin", "datasets/cifar10.gin", f"defenses/{name}.gin", "profiles/paper/common.gin",
+                         f"profiles/paper/{name}.gin")
+    mini = defense_from(name, "base.gin", "datasets/mnist5k.gin", f"defenses/{name}.gin", "profiles/mini/common.gin",
+                        f"profiles/mini/{name}.gin")
+    return paper, mini
+
+
+def _ruled_batch(paper_batch: int) -> int:
+    return max(BATCH_FLOOR, round(paper_batch * MINI_CLEAN / PAPER_CLEAN))
+
+
+def _ruled_lr(paper_lr: float, paper_batch: int, mini_batch: int) -> float:
+    lr = paper_lr * math.sqrt(mini_batch / paper_batch)
+    return float(f"{lr:.2g}")  # gin files write two significant figures
+
+
+def test_rule_on_hand_computed_values():
+    assert _ruled_batch(256) == 20 and _ruled_batch(64) == 16 and _ruled_batch(2048) == 164
+    assert _ruled_lr(0.01, 256, 20) == 0.0028 and _ruled_lr(0.1, 64, 16) == 0.05
+
+
+@pytest.mark.parametrize("name", ["fp", "nad"])
+def test_post_training_defenses_follow_the_scaling_rule(name):
+    paper, mini = _pair(name)
+    if name == "fp":
+        assert mini.finetune_epochs == paper.finetune_epochs == 100
+    else:
+        assert (mini.teacher_epochs, mini.epochs) == (paper.teacher_epochs, paper.epochs) == (10, 20)
+        assert mini.sgd.lr_drop_epochs == paper.sgd.lr_drop_epochs and mini.sgd.gamma == paper.sgd.gamma
+    assert mini.batch_size == _ruled_batch(paper.batch_size)
+    assert mini.sgd.lr == pytest.approx(_ruled_lr(paper.sgd.lr, paper.batch_size, mini.batch_size))
+    assert mini.sgd.schedule == paper.sgd.schedule
+    assert (mini.sgd.momentum, mini.sgd.weight_decay, mini.sgd.nesterov) == (
+        paper.sgd.momentum, paper.sgd.weight_decay, paper.sgd.nesterov)
