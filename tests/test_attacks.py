@@ -5,6 +5,7 @@ import pytest
 
 from asd_repro.attacks.badnets import BadNets
 from asd_repro.attacks.blend import Blend
+from asd_repro.errors import UserError
 
 
 def _images(n, h=32, w=32, c=3, seed=0):
@@ -85,5 +86,5 @@ def test_blend_formula_and_fixed_pattern():
 
 
 def test_ratio_out_of_range_is_rejected():
-    with pytest.raises(ValueError, match="ratio"):
+    with pytest.raises(UserError, match=r"attacks\.BadNets\.ratio = 1\.5"):
         BadNets(target=0, ratio=1.5)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asd_repro.errors import UserError
 from asd_repro.registry import Registry
 
 ATTACKS = Registry("attack", "asd_repro.attacks")
@@ -39,10 +40,21 @@ class Attack:
     clean_label = False
 
     def __init__(self, target: int, ratio: float):
-        if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"poison ratio must be in [0, 1], got {ratio}")
+        self.require("target", target, is_integer(target) and target >= 0, "a class label, an integer >= 0")
+        self.require("ratio", ratio, is_number(ratio) and 0.0 <= ratio <= 1.0, "a fraction in [0, 1]")
         self.target = int(target)
         self.ratio = float(ratio)
+
+    def require(self, name: str, value: object, ok: bool, expected: str) -> None:
+        """Raise the one-line error that names this attack's gin binding ``name`` unless ``ok``."""
+        if not ok:
+            raise UserError(f"attacks.{type(self).__name__}.{name} = {value!r} is invalid: expected {expected}; "
+                            "fix the binding (params/attacks/*.gin, bindings.poison or --bind)")
+
+    def check_target(self, y: np.ndarray) -> None:
+        """The target must be one of the training set's classes (labels 0 .. max)."""
+        top = int(y.max()) if len(y) else -1
+        self.require("target", self.target, self.target <= top, f"one of this dataset's classes, 0-{top}")
 
     def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
         """Build the trigger (pattern, warping field, ...) from the clean training set ``(x, y)``."""
@@ -59,6 +71,7 @@ class Attack:
         raise NotImplementedError
 
     def eligible(self, y: np.ndarray) -> np.ndarray:
+        self.check_target(y)
         return y == self.target if self.clean_label else y != self.target
 
     def poison_train(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> PoisonedTrain:
@@ -74,6 +87,20 @@ class Attack:
         """The ASR set: every test image whose true class is not the target, triggered, labelled target."""
         index = np.flatnonzero(y != self.target)
         return self.apply(x[index]), np.full(len(index), self.target, dtype=np.int64), index
+
+
+def is_integer(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def is_range(value: object, low: float = 0.0, high: float = 1.0) -> bool:
+    """A (min, max) pair of numbers with low <= min <= max <= high."""
+    return (isinstance(value, (tuple, list)) and len(value) == 2 and all(is_number(v) for v in value)
+            and low <= value[0] <= value[1] <= high)
 
 
 def scaled(value: int, size: int, reference: int = 32) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gin
 import numpy as np
 
-from asd_repro.attacks import Attack, register_attack, scaled, to_channels
+from asd_repro.attacks import Attack, is_integer, register_attack, scaled, to_channels
 
 # The reference trigger's four pixels (row, col) -> RGB at 32x32.
 REFERENCE_PATCH = np.array([[[180, 249, 112], [155, 50, 126]],
@@ -30,6 +30,10 @@ class BadNets(Attack):
     def __init__(self, target: int = gin.REQUIRED, ratio: float = gin.REQUIRED,
                  patch_size: int | None = None, offset: int | None = None):
         super().__init__(target, ratio)
+        self.require("patch_size", patch_size, patch_size is None or (is_integer(patch_size) and patch_size >= 1),
+                     "None or a side in pixels >= 1")
+        self.require("offset", offset, offset is None or (is_integer(offset) and offset >= 0),
+                     "None or a pixel offset >= 0")
         self.patch_size = patch_size
         self.offset = offset
         self.patch: np.ndarray | None = None
@@ -39,8 +43,8 @@ class BadNets(Attack):
         h, w, c = x.shape[1:]
         size = self.patch_size or scaled(2, min(h, w))
         self.at = self.offset if self.offset is not None else scaled(REFERENCE_OFFSET, min(h, w))
-        if self.at + size > min(h, w):
-            raise ValueError(f"BadNets patch of {size}px at {self.at} does not fit a {h}x{w} image")
+        self.require("patch_size", self.patch_size, self.at + size <= min(h, w),
+                     f"a patch that fits the {h}x{w} image: {size} px at offset {self.at} does not (see also offset)")
         rep = -(-size // 2)  # ceil: upsample the 2x2 pattern, then crop to the requested size
         patch = REFERENCE_PATCH.repeat(rep, axis=0).repeat(rep, axis=1)[:size, :size]
         self.patch = to_channels(patch, c)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gin
 import numpy as np
 
-from asd_repro.attacks import Attack, register_attack
+from asd_repro.attacks import Attack, is_integer, is_number, register_attack
 
 
 @register_attack("blend")
@@ -24,6 +24,8 @@ class Blend(Attack):
     def __init__(self, target: int = gin.REQUIRED, ratio: float = gin.REQUIRED, alpha: float = 0.1,
                  pattern_seed: int = 0):
         super().__init__(target, ratio)
+        self.require("alpha", alpha, is_number(alpha) and 0.0 <= alpha <= 1.0, "a blend weight in [0, 1]")
+        self.require("pattern_seed", pattern_seed, is_integer(pattern_seed) and pattern_seed >= 0, "an integer >= 0")
         self.alpha = float(alpha)
         self.pattern_seed = pattern_seed
         self.pattern: np.ndarray | None = None

@@ -20,8 +20,9 @@ from __future__ import annotations
 import gin
 import numpy as np
 
-from asd_repro.attacks import Attack, PoisonedTrain, register_attack, scaled
+from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_number, register_attack, scaled
 from asd_repro.attacks.iab import torch_threads
+from asd_repro.errors import UserError
 
 # The paper's top-left corner pattern (+1 white, -1 black).
 CORNER = np.array([[1, -1, -1],
@@ -88,8 +89,17 @@ class CLB(Attack):
                  lr: float = 0.1, device: str = "auto", subset: int | None = None,
                  threads: int | None = 1):
         super().__init__(target, ratio)
-        if not 0.0 <= amplitude <= 1.0:
-            raise ValueError(f"CLB amplitude must be in [0, 1], got {amplitude}")
+        for name, value in (("eps", eps), ("step_size", step_size), ("lr", lr)):
+            self.require(name, value, is_number(value) and value > 0, "a number > 0")
+        for name, value in (("adv_eps", adv_eps), ("adv_step_size", adv_step_size)):
+            self.require(name, value, is_number(value) and value >= 0, "a number >= 0")
+        for name, value, low in (("steps", steps, 1), ("adv_steps", adv_steps, 0), ("epochs", epochs, 0),
+                                 ("batch_size", batch_size, 1)):
+            self.require(name, value, is_integer(value) and value >= low, f"an integer >= {low}")
+        self.require("amplitude", amplitude, is_number(amplitude) and 0.0 <= amplitude <= 1.0, "a number in [0, 1]")
+        self.require("trigger_size", trigger_size, trigger_size is None or (is_integer(trigger_size) and trigger_size >= 1),
+                     "None or a side in pixels >= 1")
+        self.require("subset", subset, subset is None or (is_integer(subset) and subset >= 1), "None or an integer >= 1")
         self.eps, self.step_size, self.steps = float(eps), float(step_size), int(steps)
         self.amplitude, self.trigger_size = float(amplitude), trigger_size
         self.proxy, self.adv_train = proxy, bool(adv_train)
@@ -103,6 +113,7 @@ class CLB(Attack):
         self.perturbed: np.ndarray | None = None  # their PGD-perturbed versions, uint8 (N_target, H, W, C)
 
     def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
+        self.check_target(y)
         with torch_threads(self.threads):
             self._train(x, y, rng)
 
@@ -181,7 +192,8 @@ class CLB(Attack):
     def poison_train(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> PoisonedTrain:
         assert self.perturbed is not None, "fit() or load_state() first"
         if not np.array_equal(np.flatnonzero(y == self.target), self.index):
-            raise ValueError("CLB assets were built from a different training set (target-class indices differ)")
+            raise UserError("CLB assets were built from a different training set (target-class indices differ); "
+                            "re-run its assets stage (dvc repro assets) before poisoning")
         mask = self.draw(y, rng)
         x = x.copy()
         row = np.searchsorted(self.index, np.flatnonzero(mask))

@@ -19,7 +19,7 @@ import contextlib
 import gin
 import numpy as np
 
-from asd_repro.attacks import Attack, PoisonedTrain, register_attack, scaled
+from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_number, register_attack, scaled
 
 EPSILON = 1e-7  # keeps the diversity ratio finite (the paper's value)
 
@@ -149,10 +149,25 @@ class IAB(Attack):
                  milestones: tuple[float, ...] = (0.4, 0.8), classifier: str = "resnet18", device: str = "auto",
                  subset: int | None = None, threads: int | None = 1):
         super().__init__(target, ratio)
-        if cross_ratio < 0 or cross_ratio * ratio > 1:
-            raise ValueError(f"IAB cross_ratio * ratio must lie in [0, 1], got {cross_ratio} * {ratio}")
-        if train_bd_ratio + train_cross_ratio > 1:
-            raise ValueError("IAB train_bd_ratio + train_cross_ratio must not exceed 1")
+        self.require("cross_ratio", cross_ratio, is_number(cross_ratio) and 0 <= cross_ratio * ratio <= 1,
+                     f"a number >= 0 with cross_ratio x ratio ({ratio}) in [0, 1]")
+        for name, value in (("train_bd_ratio", train_bd_ratio), ("train_cross_ratio", train_cross_ratio)):
+            self.require(name, value, is_number(value) and 0 <= value <= 1, "a fraction in [0, 1]")
+        self.require("train_cross_ratio", train_cross_ratio, train_bd_ratio + train_cross_ratio <= 1,
+                     f"train_bd_ratio + train_cross_ratio <= 1 (train_bd_ratio is {train_bd_ratio})")
+        for name, value, low in (("mask_epochs", mask_epochs, 0), ("epochs", epochs, 1), ("batch_size", batch_size, 1)):
+            self.require(name, value, is_integer(value) and value >= low, f"an integer >= {low}")
+        for name, value in (("width", width), ("depth", depth), ("subset", subset)):
+            self.require(name, value, value is None or (is_integer(value) and value >= 1), "None or an integer >= 1")
+        self.require("mask_density", mask_density, is_number(mask_density) and 0 < mask_density <= 1,
+                     "a fraction in (0, 1]")
+        for name, value in (("lambda_norm", lambda_norm), ("lambda_div", lambda_div)):
+            self.require(name, value, is_number(value) and value >= 0, "a weight >= 0")
+        for name, value in (("lr_g", lr_g), ("lr_m", lr_m), ("lr_c", lr_c)):
+            self.require(name, value, is_number(value) and value > 0, "a learning rate > 0")
+        self.require("milestones", milestones, isinstance(milestones, (tuple, list))
+                     and all(is_number(m) and 0 <= m <= 1 for m in milestones),
+                     "a tuple of fractions of the phase in [0, 1]")
         self.cross_ratio = float(cross_ratio)
         self.mask_epochs, self.epochs, self.batch_size = int(mask_epochs), int(epochs), int(batch_size)
         self.width, self.depth = width, depth
@@ -247,6 +262,7 @@ class IAB(Attack):
 
     # ----- training g and m -----
     def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
+        self.check_target(y)
         with torch_threads(self.threads):
             self._train(x, y, rng)
 

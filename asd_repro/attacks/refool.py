@@ -21,7 +21,7 @@ from __future__ import annotations
 import gin
 import numpy as np
 
-from asd_repro.attacks import Attack, PoisonedTrain, register_attack, to_channels
+from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_range, register_attack, to_channels
 
 GAMMA = 2.2
 MODELS = ("same_depth", "out_of_focus", "ghost")
@@ -66,10 +66,12 @@ class Refool(Attack):
                  alpha: tuple[float, float] = (0.05, 0.45), blur_sigma: tuple[float, float] = (0.02, 0.06),
                  ghost_shift: tuple[float, float] = (0.05, 0.15), ghost_weight: tuple[float, float] = (0.15, 0.5)):
         super().__init__(target, ratio)
-        if model not in MODELS:
-            raise ValueError(f"Refool model must be one of {', '.join(MODELS)}, got {model!r}")
-        if n_reflections < 1:
-            raise ValueError(f"Refool needs at least one reflection, got n_reflections={n_reflections}")
+        self.require("model", model, model in MODELS, f"one of {', '.join(repr(m) for m in MODELS)}")
+        self.require("n_reflections", n_reflections, is_integer(n_reflections) and n_reflections >= 1,
+                     "an integer >= 1")
+        for name, value in (("patch_size", patch_size), ("alpha", alpha), ("blur_sigma", blur_sigma),
+                            ("ghost_shift", ghost_shift), ("ghost_weight", ghost_weight)):
+            self.require(name, value, is_range(value), "a (min, max) pair with 0 <= min <= max <= 1")
         self.clean_label = bool(clean_label)
         self.model = model
         self.n_reflections = int(n_reflections)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import gin
 import numpy as np
 
-from asd_repro.attacks import Attack, PoisonedTrain, register_attack
+from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_number, register_attack
 
 
 def identity_grid(h: int, w: int) -> np.ndarray:
@@ -54,10 +54,11 @@ class WaNet(Attack):
     def __init__(self, target: int = gin.REQUIRED, ratio: float = gin.REQUIRED, k: int = 4, s: float = 0.5,
                  cross_ratio: float = 2.0, batch_size: int = 1024):
         super().__init__(target, ratio)
-        if k < 2:
-            raise ValueError(f"WaNet needs k >= 2 control points per side, got {k}")
-        if cross_ratio < 0 or cross_ratio * ratio > 1:
-            raise ValueError(f"WaNet cross_ratio * ratio must lie in [0, 1], got {cross_ratio} * {ratio}")
+        self.require("k", k, is_integer(k) and k >= 2, "an integer >= 2 (control points per side)")
+        self.require("s", s, is_number(s) and s >= 0, "a warping strength >= 0")
+        self.require("cross_ratio", cross_ratio, is_number(cross_ratio) and 0 <= cross_ratio * ratio <= 1,
+                     f"a number >= 0 with cross_ratio x ratio ({ratio}) in [0, 1]")
+        self.require("batch_size", batch_size, is_integer(batch_size) and batch_size >= 1, "an integer >= 1")
         self.k = int(k)
         self.s = float(s)
         self.cross_ratio = float(cross_ratio)
