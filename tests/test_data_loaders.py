@@ -277,3 +277,78 @@ def test_gin_file_parses_and_binds_only_its_own_class(name, cls):
             assert getattr(obj, key.rsplit(".", 1)[1]) == gin.query_parameter(key) == ast.literal_eval(value)
     finally:
         gin.clear_config()
+
+
+# --- bad data in the real on-disk formats (docs/errors.md) --------------------------------------------------------
+
+
+def _gtsrb_error(tmp_path, monkeypatch) -> str:
+    monkeypatch.setattr(gtsrb, "download", no_download)
+    with pytest.raises(UserError) as e:
+        gtsrb.Gtsrb(image_size=8).load(tmp_path)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_gtsrb_empty_class_folder_is_named(tmp_path, monkeypatch):
+    write_gtsrb(tmp_path, n_test=1)
+    empty = tmp_path / "gtsrb" / "GTSRB" / "Training" / "00007"
+    for f in empty.glob("*.ppm"):
+        f.unlink()
+    assert _gtsrb_error(tmp_path, monkeypatch).startswith(f"{empty}: a class folder without .ppm images")
+
+
+def test_gtsrb_non_image_file_is_named(tmp_path, monkeypatch):
+    write_gtsrb(tmp_path, n_test=1)
+    bad = next((tmp_path / "gtsrb" / "GTSRB" / "Training" / "00003").glob("*.ppm"))
+    bad.write_text("not an image")
+    assert _gtsrb_error(tmp_path, monkeypatch).startswith(f"{bad}: unreadable image")
+
+
+def test_gtsrb_truncated_image_is_named(tmp_path, monkeypatch):
+    write_gtsrb(tmp_path, n_test=1)
+    bad = next((tmp_path / "gtsrb" / "GTSRB" / "Final_Test" / "Images").glob("*.ppm"))
+    bad.write_bytes(bad.read_bytes()[:20])
+    assert _gtsrb_error(tmp_path, monkeypatch).startswith(f"{bad}: unreadable image")
+
+
+def test_gtsrb_test_label_out_of_range_is_named(tmp_path, monkeypatch):
+    write_gtsrb(tmp_path, n_test=1)
+    csv_path = tmp_path / "gtsrb" / "GT-final_test.csv"
+    header, row = csv_path.read_text().splitlines()
+    csv_path.write_text(header + "\n" + row.rsplit(";", 1)[0] + ";43\n")
+    assert _gtsrb_error(tmp_path, monkeypatch) == f"{csv_path}: ClassId 43 is out of range 0..42"
+
+
+def test_gtsrb_foreign_csv_is_named(tmp_path, monkeypatch):
+    write_gtsrb(tmp_path, n_test=1)
+    csv_path = tmp_path / "gtsrb" / "GT-final_test.csv"
+    csv_path.write_text("a,b,c\n1,2,3\n")
+    assert _gtsrb_error(tmp_path, monkeypatch).startswith(f"{csv_path}: not the GTSRB test ground truth")
+
+
+def test_gtsrb_stray_folder_in_training_is_named(tmp_path, monkeypatch):
+    write_gtsrb(tmp_path, n_test=1)
+    stray = tmp_path / "gtsrb" / "GTSRB" / "Training" / "extra"
+    stray.mkdir()
+    assert _gtsrb_error(tmp_path, monkeypatch).startswith(f"{stray}: not a GTSRB class folder")
+
+
+def test_imagenet30_non_image_file_is_named(tmp_path):
+    wnids = imagenet30.class_wnids()
+    written = write_imagenet(tmp_path, wnids, n_train_per_class=1, sizes=((12, 12),))
+    bad = written["train"][4][0]
+    bad.write_text("not a JPEG")
+    with pytest.raises(UserError) as e:
+        imagenet30.ImageNet30(image_size=8, resize=12).load(tmp_path)
+    assert str(e.value).startswith(f"{bad}: unreadable image") and "\n" not in str(e.value)
+
+
+def test_imagenet30_empty_class_folder_is_named(tmp_path):
+    wnids = imagenet30.class_wnids()
+    written = write_imagenet(tmp_path, wnids, n_train_per_class=1, sizes=((12, 12),))
+    folder = written["val"][2][0].parent
+    for f in folder.iterdir():
+        f.unlink()
+    with pytest.raises(UserError, match=f"{folder} is missing or holds no images"):
+        imagenet30.ImageNet30(image_size=8, resize=12).load(tmp_path)

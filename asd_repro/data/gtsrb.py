@@ -64,7 +64,11 @@ def train_samples(folder: Path) -> list[tuple[Path, int]]:
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         if not (class_dir.name.isdigit() and int(class_dir.name) < len(CLASS_NAMES)):
             raise UserError(f"{class_dir}: not a GTSRB class folder (00000..00042); remove it")
-        samples += [(p, int(class_dir.name)) for p in sorted(class_dir.glob("*.ppm"))]
+        images = [(p, int(class_dir.name)) for p in sorted(class_dir.glob("*.ppm"))]
+        if not images:
+            raise UserError(f"{class_dir}: a class folder without .ppm images; extract GTSRB-Training_fixed.zip "
+                            "again")
+        samples += images
     if not samples:
         raise UserError(f"{folder}: no .ppm images in class folders 00000..00042; extract GTSRB-Training_fixed.zip "
                         "again")
