@@ -48,6 +48,13 @@ def test_lock_is_fresh_until_code_params_or_a_command_change(tmp_path, monkeypat
     (tmp_path / "dvc.yaml").write_text(DVC_YAML.replace("cp data.txt out.txt", "cat data.txt > out.txt"))
     assert main([str(tmp_path)]) == 1
     assert "use:" in capsys.readouterr().out
+    (tmp_path / "dvc.yaml").write_text(DVC_YAML)
+    assert main([str(tmp_path)]) == 0
+    capsys.readouterr()
+    lock = (tmp_path / "dvc.lock").read_text()
+    (tmp_path / "dvc.lock").write_text(lock.replace("  use:", "  used-to-be:\n    cmd: echo gone\n  use:", 1))
+    assert main([str(tmp_path)]) == 1
+    assert "1 stage(s) that dvc.yaml no longer defines (e.g. used-to-be)" in capsys.readouterr().out
 
 
 def test_no_lock_is_bad_input(tmp_path, capsys):

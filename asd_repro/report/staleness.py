@@ -2,7 +2,8 @@
 
 ``python -m asd_repro.report.staleness`` (in the project root) exits 0 when every stage's git-tracked deps
 (code, gin files, reference tables), params and command match ``dvc.lock``, 1 naming the stages that ``dvc repro``
-would re-run because of them, 2 when DVC cannot tell. Deps that are other stages' outputs (the prepared data,
+would re-run because of them (or the lock's entries for stages that ``dvc.yaml`` no longer defines, which DVC keeps
+and never uses), 2 when DVC cannot tell. Deps that are other stages' outputs (the prepared data,
 models, metrics) are absent on a fresh clone and not judged: they are what ``dvc repro`` rebuilds.
 ``dvc repro --dry`` cannot be this check on a fresh clone: it stops at the first stage whose data is missing.
 """
@@ -67,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dvc status failed: {(run.stderr.strip().splitlines() or ['no message'])[-1]}", file=sys.stderr)
         return 2
     stale = stale_stages(status, stage_outputs(lock), set(lock.get("stages", {})))
+    listed = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=root, capture_output=True, text=True,
+                            timeout=300)
+    stages = set(listed.stdout.split()) if listed.returncode == 0 else set(lock.get("stages", {}))
+    obsolete = sorted(set(lock.get("stages", {})) - stages)
+    if obsolete:
+        print(f"dvc.lock holds {len(obsolete)} stage(s) that dvc.yaml no longer defines (e.g. {', '.join(obsolete[:3])}); "
+              "delete their entries from dvc.lock and commit it")
+        return 1
     if stale:
         print(f"dvc.lock is stale: {len(stale)} stage(s) would re-run on `dvc repro` because code, gin files, "
               "params or commands changed:")
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {stage}: {'; '.join(why[:3])}" + (f"; and {len(why) - 3} more" if len(why) > 3 else ""))
         print("Regenerate (dvc repro, from a clean clone) and commit dvc.lock with results/.")
         return 1
-    print(f"dvc.lock matches the code, gin files, params and commands of all {len(lock.get('stages', {}))} stages")
+    print(f"dvc.lock matches the code, gin files, params and commands of all {len(stages)} stages")
     return 0
 
 

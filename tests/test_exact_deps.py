@@ -1,0 +1,59 @@
+"""The pipeline's code deps, on a copy of the project without any data: editing the shared plumbing (cli.py)
+makes every stage that runs it stale, and editing the report package makes only the table stage stale."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from asd_repro.report.staleness import stage_outputs, stale_stages
+
+from conftest import REPO
+
+
+def _copy_project(dest: Path) -> Path:
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("needs the project's git checkout (git ls-files)")
+    for name in filter(None, listed.stdout.split("\0")):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def _stale(root: Path, lock: dict) -> set[str]:
+    run = subprocess.run(["dvc", "status", "--json"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    return set(stale_stages(json.loads(run.stdout or "{}"), stage_outputs(lock), set(lock["stages"])))
+
+
+@pytest.mark.slow
+def test_editing_cli_stales_its_stages_and_editing_report_only_the_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    root = _copy_project(tmp_path / "project")
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    runs_cli = {name for name, stage in lock["stages"].items()
+                if any(d["path"] == "asd_repro/cli.py" for d in stage.get("deps", []))}
+    assert len(runs_cli) == len(lock["stages"]) - 1, "every stage but check runs the CLI and declares it"
+    before = _stale(root, lock)  # empty on a clean checkout; whatever a work in progress made stale otherwise
+
+    cli = root / "asd_repro" / "cli.py"
+    text = cli.read_text()
+    cli.write_text(text + "\n# an edit\n")
+    assert _stale(root, lock) - before == runs_cli - before
+    cli.write_text(text)
+
+    table = root / "asd_repro" / "report" / "table.py"
+    table.write_text(table.read_text() + "\n# an edit\n")
+    assert _stale(root, lock) - before == {"table"} - before
