@@ -76,8 +76,8 @@ class CLB(Attack):
         device: 'auto' (CUDA when available), 'cpu' or 'cuda[:i]'.
         subset: train the proxy on this many randomly chosen training images (None: all; the smoke profile's
             knob); every target-class image is still perturbed.
-        threads: CPU threads of ``fit`` (None: torch's default); 1 makes the result bit-identical on any CPU
-            and is the fastest on a shared 2-core machine.
+        threads: CPU threads of ``fit`` (None: torch's default); 1 makes re-runs on one machine bit-identical (not
+            across machines: DEVIATIONS A15) and is the fastest on a shared 2-core machine.
     """
 
     clean_label = True

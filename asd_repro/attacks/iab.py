@@ -136,8 +136,8 @@ class IAB(Attack):
             ``asd_repro.models.create_model`` architecture (the paper uses the victim's, PreAct-ResNet-18 on CIFAR).
         device: 'auto' (CUDA when available), 'cpu' or 'cuda[:i]', for training and for applying g and m.
         subset: train on this many randomly chosen training images (None: all; the smoke profile's knob).
-        threads: CPU threads of ``fit`` and ``apply`` (None: torch's default). 1 makes the result bit-identical on any CPU
-            and is the fastest on a shared 2-core machine, where two threads wait on each other between the
+        threads: CPU threads of ``fit`` and ``apply`` (None: torch's default). 1 makes re-runs on one machine bit-identical
+            (not across machines: DEVIATIONS A15) and is the fastest on a shared 2-core machine, where two threads wait on each other between the
             many small operations of these networks (measured 5-10x slower).
     """
 
