@@ -82,3 +82,21 @@ def test_eval_every_below_one_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="stages.train.eval_every must be a positive number of epochs, got 0"):
         _train(clean, poisoned, tmp_path / "x", None, bindings=["stages.train.eval_every = 0"])
     assert not (tmp_path / "x").exists()
+
+
+def test_a_truncated_checkpoint_restarts_the_cell_and_ends_identically(tmp_path, capsys):
+    clean, poisoned = _poisoned(tmp_path)
+    _train(clean, poisoned, tmp_path / "straight", tmp_path / "ckpt_a")
+    try:
+        _train(clean, poisoned, tmp_path / "resumed", tmp_path / "ckpt_b", stop=2)
+    except Interrupted:
+        pass
+    (last,) = (tmp_path / "ckpt_b").rglob("last.pt")
+    last.write_bytes(last.read_bytes()[:100])  # cut off, as a disk or a kill outside our atomic rename could leave it
+    capsys.readouterr()
+    _train(clean, poisoned, tmp_path / "resumed", tmp_path / "ckpt_b")
+    assert "resuming" not in capsys.readouterr().out, "a cut-off checkpoint is never resumed: the cell starts over"
+    assert [r["epoch"] for r in json.loads((tmp_path / "resumed.json").read_text())] == [1, 2, 3]
+    a = torch.load(tmp_path / "straight" / "model.pt")["state_dict"]
+    b = torch.load(tmp_path / "resumed" / "model.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
