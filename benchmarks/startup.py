@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+LOAD = "import asd_repro.stages; from asd_repro.plugins import load_all; load_all()"
+TRAIN = LOAD + "; from asd_repro.models import create_model; create_model(10, 1, 28, arch='slim_resnet', stem='cifar')"
 ROWS = [
     ("python (nothing imported)", "pass"),
     ("numpy", "import numpy"),
@@ -27,12 +29,9 @@ ROWS = [
     ("gin", "import gin"),
     ("pandas", "import pandas"),
     ("asd_repro.cli (argument parsing only)", "import asd_repro.cli"),
-    ("stages + every plug-in (what load_all imports)", "import asd_repro.stages; from asd_repro.plugins import load_all; load_all()"),
-    ("... + building the mini model (timm)", "import asd_repro.stages; from asd_repro.plugins import load_all; load_all(); "
-     "from asd_repro.models import create_model; create_model(10, 1, 28, arch='slim_resnet', stem='cifar')"),
+    ("stages + every plug-in (what load_all imports)", LOAD),
+    ("... + building the mini model (timm)", TRAIN),
 ]
-TRAIN = ("import asd_repro.stages; from asd_repro.plugins import load_all; load_all(); "
-         "from asd_repro.models import create_model; create_model(10, 1, 28, arch='slim_resnet', stem='cifar')")
 
 
 def timed(code: str) -> float:

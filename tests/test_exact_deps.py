@@ -4,10 +4,8 @@ makes every stage that runs it stale, and editing the report package makes only 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -38,9 +36,7 @@ def _stale(root: Path, lock: dict) -> set[str]:
 
 
 @pytest.mark.slow
-def test_editing_cli_stales_its_stages_and_editing_report_only_the_table(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+def test_editing_cli_stales_its_stages_and_editing_report_only_the_table(tmp_path, dvc_on_path):
     root = _copy_project(tmp_path / "project")
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     runs_cli = {name for name, stage in lock["stages"].items()

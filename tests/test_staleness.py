@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -25,9 +22,7 @@ DVC_YAML = """stages:
 
 
 @pytest.mark.slow
-def test_lock_is_fresh_until_code_params_or_a_command_change(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+def test_lock_is_fresh_until_code_params_or_a_command_change(tmp_path, dvc_on_path, capsys):
     for name, text in {"dvc.yaml": DVC_YAML, "params.yaml": "x: 1\n", "src.txt": "a\n", "code.py": "A = 1\n"}.items():
         (tmp_path / name).write_text(text)
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
