@@ -15,8 +15,9 @@ def _gin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gin", nargs="+", default=[], metavar="FILE",
                    help="gin files in composition order: base, dataset, attack, defense, profile")
     p.add_argument("--bind", action="append", default=[], metavar="BINDING", help="extra gin binding (repeatable)")
-    p.add_argument("--bindings-from", metavar="FILE:KEY",
-                   help="read a list of gin bindings from a YAML key, e.g. params.yaml:bindings.train")
+    p.add_argument("--bindings-from", action="append", default=[], metavar="FILE:KEY",
+                   help="read a list of gin bindings from a YAML key, e.g. params.yaml:bindings.train (repeatable; "
+                        "applied in order, then --bind)")
     p.add_argument("--seed", type=int, help="binds the SEED macro")
 
 
@@ -24,6 +25,7 @@ REPORT_COMMANDS = {
     "table": "assemble results/<profile>/ (tables with seed statistics, claims, figures) from the metrics",
     "compare": "compare two tables (files, metrics folders or git revisions) cell by cell; exit 1 on a change",
     "claims": "check the paper's claims (a claims file) against a table; exit 1 when one fails",
+    "config": "print the gin config of one cell's stages (the files and bindings dvc.yaml gives them), composed",
 }
 
 
@@ -96,14 +98,18 @@ def _configure(args: argparse.Namespace) -> str:
     from asd_repro.plugins import load_all
 
     load_all()
-    bindings = []
-    if args.bindings_from:
-        file, _, key = args.bindings_from.partition(":")
-        bindings += config.bindings_from_params(file, key)
+    bindings, sources = [], []
+    for source in args.bindings_from:
+        file, _, key = source.partition(":")
+        read = config.bindings_from_params(file, key)
+        bindings += read
+        sources += [source] * len(read)
     bindings += args.bind
+    sources += ["--bind"] * len(args.bind)
     if args.seed is not None:
         bindings.append(f"SEED = {args.seed}")
-    config.parse(args.gin, bindings, bindings_source=args.bindings_from or "--bind")
+        sources.append("--seed")
+    config.parse(args.gin, bindings, bindings_source=sources)
     return config.asked_config(args.gin, bindings)
 
 
@@ -165,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         # gin appends "In call to configurable ..." lines to exceptions raised inside configurables
         print(f"asd-repro: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from asd_repro.io import NO_SPACE, no_space_error
+
+        if e.errno not in NO_SPACE:
+            raise
+        print(f"asd-repro: error: {no_space_error(e.filename or 'an output', e.strerror)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("asd-repro: interrupted; re-run the same command (or dvc repro) to resume", file=sys.stderr)

@@ -28,8 +28,13 @@ def _first_line(e: BaseException) -> str:
     return f"{msg.rstrip('.')}" + (f" (line {line.group(1)})" if line else "")
 
 
-def parse(files: Iterable[str | Path], bindings: Iterable[str] = (), bindings_source: str = "bindings") -> None:
-    """Parse gin files then bindings, turning any gin failure into a UserError naming its source."""
+def parse(files: Iterable[str | Path], bindings: Iterable[str] = (), bindings_source: str | list[str] = "bindings") -> None:
+    """Parse gin files then bindings, turning any gin failure into a UserError naming its source.
+
+    ``bindings_source`` names where the bindings came from: one name for all, or one per binding.
+    """
+    bindings = list(bindings)
+    sources = [bindings_source] * len(bindings) if isinstance(bindings_source, str) else list(bindings_source)
     gin.clear_config()
     for f in files:
         path = Path(f)
@@ -41,11 +46,11 @@ def parse(files: Iterable[str | Path], bindings: Iterable[str] = (), bindings_so
         except _GIN_ERRORS as e:
             raise UserError(f"{path}: {_first_line(e)}; fix or remove that binding "
                             "(run `asd-repro configurables` for the valid names)") from None
-    for b in bindings:
+    for b, source in zip(bindings, sources):
         try:
             gin.parse_config(b)
         except _GIN_ERRORS as e:
-            raise UserError(f"{bindings_source}: bad gin binding {b!r}: {_first_line(e)}; "
+            raise UserError(f"{source}: bad gin binding {b!r}: {_first_line(e)}; "
                             "run `asd-repro configurables` for the valid names") from None
 
 

@@ -7,6 +7,7 @@ it has finished, so a failed or killed stage never leaves a half-written output 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a scratch folder that replaces ``out`` only if the block finishes without error."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a killed run (kill -9 skips the cleanup)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield tmp
@@ -48,6 +51,32 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def no_space_error(path: str | os.PathLike, detail: str) -> UserError:
+    return UserError(f"{path}: cannot write ({detail}); free disk space (or raise the file-size limit) and re-run; "
+                     "the previous outputs and checkpoints are intact")
+
+
+def save_torch(obj: Any, path: str | os.PathLike, what: str = "file") -> None:
+    """``torch.save`` that turns a failed write (full disk, file-size limit) into one line and removes the rest.
+
+    torch's zip writer reports a failed write as a RuntimeError (or an OSError): both mean the file could not be
+    written. The file is saved under its own path (the archive inside takes its name), never through a buffer.
+    """
+    import torch
+
+    try:
+        torch.save(obj, path)
+    except (OSError, RuntimeError) as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        if isinstance(e, OSError) and e.errno not in NO_SPACE:
+            raise
+        raise no_space_error(path, f"{what}: {str(e).splitlines()[0][:120]}") from None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

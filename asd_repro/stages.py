@@ -7,18 +7,19 @@ leaves nothing behind) together with ``config.gin`` (what was asked) and ``opera
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import gin
 import numpy as np
 
-from asd_repro.errors import UserError
-from asd_repro.io import atomic_dir, load_arrays, read_json, save_arrays, write_json, write_text_atomic
+from asd_repro.errors import Diverged, UserError
+from asd_repro.io import atomic_dir, load_arrays, read_json, save_arrays, save_torch, write_json, write_text_atomic
 from asd_repro.provenance import environment
 
 
@@ -56,7 +57,8 @@ def assets(attack: str, clean: Path, out: Path, seed: int = gin.REQUIRED, asked_
     data = load_prepared(clean)
     atk = ATTACKS.create(attack)
     start = time.perf_counter()
-    atk.fit(data.train.x, data.train.y, np.random.default_rng(seed))
+    with stopped_if_diverged(out):
+        atk.fit(data.train.x, data.train.y, np.random.default_rng(seed))
     meta = {"dataset": data.info.name, "attack": attack, "seed": seed,
             "seconds": round(time.perf_counter() - start, 2), "environment": environment()}
     with atomic_dir(out) as tmp:
@@ -191,10 +193,20 @@ def write_run_folder(folder: Path, asked_config: str, model: Any, model_kwargs: 
 
     _write_configs(folder, asked_config)
     recipe = getattr(model, "create_kwargs", model_kwargs)
-    torch.save({"model_kwargs": recipe, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
-               folder / "model.pt")
+    save_torch({"model_kwargs": recipe, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
+               folder / "model.pt", what="model")
     write_json(folder / record_name, record)
     _write_operative(folder)
+
+@contextlib.contextmanager
+def stopped_if_diverged(out: Path) -> Iterator[None]:
+    """Name the stage's output in a divergence error (the loops name the phase, epoch and step)."""
+    try:
+        yield
+    except Diverged as e:
+        raise Diverged(f"{out}: {str(e).splitlines()[0]}; stopped, nothing written, the last good checkpoint "
+                       "kept; lower the learning rate (or fix the binding that diverged) and re-run") from None
+
 
 def to_nchw(a: np.ndarray, device) -> Any:
     import torch
@@ -249,7 +261,8 @@ def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, ch
         eval_every=eval_every,
     )
     start = time.perf_counter()
-    model = defense_obj.run(ctx)
+    with ctx.checkpointer.lock(), stopped_if_diverged(out):
+        model = defense_obj.run(ctx)
     seconds = time.perf_counter() - start
     final = ctx.evaluate(model)
     info = {"dataset": data.info.name, "attack": cell.meta["attack"], "defense": defense, "seed": seed,

@@ -99,7 +99,7 @@ def test_virtual_model_trains_only_the_chosen_layers_and_leaves_the_model_untouc
 def test_meta_split_keeps_the_gamma_fraction_with_the_smallest_loss_reduction(monkeypatch):
     before = np.array([3.0, 3.0, 3.0, 3.0, 1.0, 1.0])
     after = np.array([0.5, 2.9, 3.2, 1.0, 0.1, 1.0])  # reductions 2.5, 0.1, -0.2, 2.0, 0.9, 0.0
-    monkeypatch.setattr(asd, "train_virtual_model", lambda *args: "virtual model")
+    monkeypatch.setattr(asd, "train_virtual_model", lambda *args, **kwargs: "virtual model")
     defense = ASD(gamma=0.5)
     seen = []
     defense.split_loss = lambda model, ctx: seen.append(model) or after

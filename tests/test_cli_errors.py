@@ -60,6 +60,14 @@ def test_unknown_configurable_from_params_yaml(tmp_path, capsys, repo_cwd):
     _assert_one_line_error(rc, err, str(params), "attacks.BadNet")
 
 
+def test_a_bad_binding_names_the_list_it_came_from(tmp_path, capsys, repo_cwd):
+    params = tmp_path / "params.yaml"
+    params.write_text("bindings:\n  train: ['SEED = 1']\n  asd: ['defenses.ASD.gama = 0.3']\n")
+    rc, err = _run(capsys, ["assets", "badnets", "--clean", tmp_path, "--out", tmp_path / "o", "--gin", "params/base.gin",
+                            "--bindings-from", f"{params}:bindings.train", "--bindings-from", f"{params}:bindings.asd"])
+    _assert_one_line_error(rc, err, f"{params}:bindings.asd: bad gin binding", "defenses.ASD.gama")
+
+
 def test_malformed_gin_file(tmp_path, capsys, repo_cwd):
     bad = tmp_path / "broken.gin"
     bad.write_text("engine.Augment.crop_padding = (4,\n")

@@ -53,3 +53,17 @@ def test_editing_cli_stales_its_stages_and_editing_report_only_the_table(tmp_pat
     table = root / "asd_repro" / "report" / "table.py"
     table.write_text(table.read_text() + "\n# an edit\n")
     assert _stale(root, lock) - before == {"table"} - before
+
+
+@pytest.mark.slow
+def test_a_binding_for_one_defense_stales_only_that_defenses_stages(tmp_path, dvc_on_path):
+    root = _copy_project(tmp_path / "project")
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    before = _stale(root, lock)
+    params = root / "params.yaml"
+    data = yaml.safe_load(params.read_text())
+    data["bindings"]["asd"] = ["defenses.ASD.gamma = 0.3"]
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+    asd = {name for name in lock["stages"] if name.startswith("train@") and "-asd-" in name}
+    assert len(asd) == 18  # 6 attacks x 3 seeds
+    assert _stale(root, lock) - before == asd - before

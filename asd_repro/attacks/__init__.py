@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from asd_repro.errors import UserError
+from asd_repro.errors import UserError, is_integer, is_number, is_range  # noqa: F401 (re-exported to the attacks)
 from asd_repro.registry import Registry
 
 ATTACKS = Registry("attack", "asd_repro.attacks")
@@ -87,20 +87,6 @@ class Attack:
         """The ASR set: every test image whose true class is not the target, triggered, labelled target."""
         index = np.flatnonzero(y != self.target)
         return self.apply(x[index]), np.full(len(index), self.target, dtype=np.int64), index
-
-
-def is_integer(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def is_range(value: object, low: float = 0.0, high: float = 1.0) -> bool:
-    """A (min, max) pair of numbers with low <= min <= max <= high."""
-    return (isinstance(value, (tuple, list)) and len(value) == 2 and all(is_number(v) for v in value)
-            and low <= value[0] <= value[1] <= high)
 
 
 def scaled(value: int, size: int, reference: int = 32) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 
 from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_number, register_attack, scaled
 from asd_repro.attacks.iab import torch_threads
-from asd_repro.errors import UserError
+from asd_repro.errors import StepLosses, UserError
 
 # The paper's top-left corner pattern (+1 white, -1 black).
 CORNER = np.array([[1, -1, -1],
@@ -150,7 +150,8 @@ class CLB(Attack):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + np.cos(np.pi * step / max(total, 1))))
         augment = Augment(crop_padding=scaled(4, min(h, w)), padding_mode="reflect", hflip=False)
         use = torch.from_numpy(use).to(dev)
-        for _ in range(self.epochs):
+        for epoch in range(self.epochs):
+            losses = StepLosses(f"CLB proxy model {epoch + 1}/{self.epochs}")
             for batch in index_batches(len(use), self.batch_size, gen, device=dev):
                 idx = use[batch]
                 xb, yb = augment(images[idx], gen).float(), labels[idx]
@@ -163,6 +164,8 @@ class CLB(Attack):
                 loss.backward()
                 opt.step()
                 sched.step()
+                losses.add(loss)
+            losses.check()
 
         model.eval()
         self.index = np.flatnonzero(y == self.target)

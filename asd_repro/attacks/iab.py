@@ -20,6 +20,7 @@ import gin
 import numpy as np
 
 from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_number, register_attack, scaled
+from asd_repro.errors import StepLosses
 
 EPSILON = 1e-7  # keeps the diversity ratio finite (the paper's value)
 
@@ -304,7 +305,8 @@ class IAB(Attack):
         opt_m = torch.optim.Adam(m.parameters(), lr=self.lr_m, betas=(0.5, 0.9))
         sched_m = torch.optim.lr_scheduler.MultiStepLR(opt_m, steps_at(self.mask_epochs), 0.1)
         m.train()
-        for _ in range(self.mask_epochs):
+        for epoch in range(self.mask_epochs):
+            losses = StepLosses(f"IAB mask generator {epoch + 1}/{self.mask_epochs}")
             for i1, i2 in pairs():
                 x1, x2 = images[i1].float() / 255, images[i2].float() / 255
                 m1, m2 = _threshold(m(x1)), _threshold(m(x2))
@@ -313,6 +315,8 @@ class IAB(Attack):
                 opt_m.zero_grad(set_to_none=True)
                 loss.backward()
                 opt_m.step()
+                losses.add(loss)
+            losses.check()
             sched_m.step()
         m.eval().requires_grad_(False)
 
@@ -326,9 +330,10 @@ class IAB(Attack):
         sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, steps_at(self.epochs), 0.1)
         n_bd = max(1, int(self.train_bd_ratio * batch))
         n_cross = int(self.train_cross_ratio * batch)
-        for _ in range(self.epochs):
+        for epoch in range(self.epochs):
             model.train()
             g.train()
+            losses = StepLosses(f"IAB pattern generator {epoch + 1}/{self.epochs}")
             for i1, i2 in pairs():
                 x1 = augment(images[i1], gen).float() / 255
                 x2 = augment(images[i2], gen).float() / 255
@@ -347,6 +352,8 @@ class IAB(Attack):
                 loss.backward()
                 opt_c.step()
                 opt_g.step()
+                losses.add(loss)
+            losses.check()
             sched_c.step()
             sched_g.step()
         self.g, self.m = g.eval(), m.eval()

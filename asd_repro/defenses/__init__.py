@@ -97,7 +97,7 @@ class Context:
 
     def resume(self, state: Resumable, phase: str, total: int) -> int:
         """Restore ``state`` and the curves from the last checkpoint; return the first epoch to run."""
-        restored = state.restore()
+        restored = state.restore(needs=("epoch", "curves"))
         if restored is None:
             return 0
         self.curves[:] = restored["curves"]

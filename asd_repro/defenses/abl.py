@@ -37,7 +37,7 @@ from asd_repro.defenses.asd import lowest_fraction
 from asd_repro.engine.augment import Augment
 from asd_repro.engine.loop import predict_logits, train_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
-from asd_repro.errors import UserError
+from asd_repro.errors import UserError, check_types
 
 
 def lga_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -90,6 +90,7 @@ class ABL(Defense):
                  finetune_decay: float = 0.1, unlearning_lr: float = 5e-4, momentum: float = 0.9,
                  nesterov: bool = True, weight_decay: float = 1e-4, isolation_augment: bool = False,
                  finetune_augment: bool = True, unlearning_augment: bool = False, loss_batch_size: int = 1024):
+        check_types("defenses.ABL", type(self).__init__, locals())
         problems = [msg for ok, msg in (
             (isolation_epochs >= 1, f"isolation_epochs must be >= 1 to isolate anything (got {isolation_epochs})"),
             (finetune_epochs >= 0 and unlearning_epochs >= 0,

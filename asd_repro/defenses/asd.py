@@ -42,7 +42,7 @@ from asd_repro.engine.loop import Resumable, predict_logits, train_epoch
 from asd_repro.engine.losses import sce_per_sample
 from asd_repro.engine.mixmatch import mixmatch_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
-from asd_repro.errors import UserError
+from asd_repro.errors import UserError, check_types
 
 
 def stage1_k(epoch: int, n: int, t: int) -> int:
@@ -69,7 +69,7 @@ def lowest_fraction(score: np.ndarray, fraction: float) -> np.ndarray:
 
 def train_virtual_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, layers: tuple[str, ...],
                         lr: float, epochs: int, batch_size: int, augment: Augment, normalize: Normalize,
-                        generator: torch.Generator) -> torch.nn.Module:
+                        generator: torch.Generator, desc: str = "virtual model") -> torch.nn.Module:
     """A copy of ``model`` trained with cross entropy on (x, y), Adam updating only ``layers``; ``model`` untouched.
 
     The copy trains in train mode, so the batch-norm statistics of every layer move, as in the reference.
@@ -84,8 +84,9 @@ def train_virtual_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     for p in trained:
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(trained, lr=lr)
-    for _ in range(epochs):
-        train_epoch(virtual, optimizer, x, y, augment, normalize, batch_size, generator, desc="virtual model")
+    for epoch in range(epochs):
+        train_epoch(virtual, optimizer, x, y, augment, normalize, batch_size, generator,
+                    desc=f"{desc} {epoch + 1}/{epochs}")
     return virtual
 
 
@@ -133,6 +134,7 @@ class ASD(Defense):
                  mixup_alpha: float = 0.75, lambda_u: float = 15.0, rampup: float = 120, iterations: int = 1024,
                  batch_size: int = 64, optimizer: str = "adam", lr: float = 0.002, weight_decay: float = 0.0,
                  schedule: str = "constant", loss_batch_size: int = 1024):
+        check_types("defenses.ASD", type(self).__init__, locals())
         problems = [msg for ok, msg in (
             (0 <= stage2_epoch <= stage3_epoch <= epochs,
              f"need 0 <= stage2_epoch ({stage2_epoch}) <= stage3_epoch ({stage3_epoch}) <= epochs ({epochs})"),
@@ -165,11 +167,11 @@ class ASD(Defense):
         logits = predict_logits(model, ctx.train_x, ctx.normalize, self.loss_batch_size, ctx.augment, ctx.generator)
         return sce_per_sample(logits, ctx.train_y, **self.sce).cpu().numpy()
 
-    def meta_split(self, model: torch.nn.Module, ctx: Context, loss: np.ndarray) -> np.ndarray:
+    def meta_split(self, model: torch.nn.Module, ctx: Context, loss: np.ndarray, desc: str = "asd") -> np.ndarray:
         """The gamma fraction of samples whose L1 a virtual model f' reduces the least; f' is then discarded."""
         virtual = train_virtual_model(model, ctx.train_x, ctx.train_y, self.virtual_layers, self.beta,
                                       self.virtual_epochs, self.virtual_batch_size, ctx.augment, ctx.normalize,
-                                      ctx.generator)
+                                      ctx.generator, desc=f"{desc}: virtual model")
         return lowest_fraction(loss - self.split_loss(virtual, ctx), self.gamma)
 
     def run(self, ctx: Context) -> torch.nn.Module:
@@ -191,7 +193,7 @@ class ASD(Defense):
             elif stage == 2:
                 clean = lowest_fraction(loss, self.alpha)
             else:
-                clean = self.meta_split(model, ctx, loss)
+                clean = self.meta_split(model, ctx, loss, desc=f"asd {epoch + 1}/{self.epochs}")
             meta_seconds = timer.lap()
             polluted = np.setdiff1d(np.arange(len(loss)), clean)  # D_P
             lr = optimizer.param_groups[0]["lr"]

@@ -53,7 +53,7 @@ from asd_repro.engine.loop import Resumable, index_batches, predict_logits, trai
 from asd_repro.engine.losses import sce, sce_per_sample
 from asd_repro.engine.mixmatch import mixmatch_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
-from asd_repro.errors import UserError
+from asd_repro.errors import StepLosses, UserError, check_types
 
 # --- SimCLR: loss, augmentation, pre-training ---------------------------------------------------------------------
 
@@ -136,6 +136,7 @@ class SimCLRAugment:
                  interpolation: str = "bicubic", hflip: bool | None = None, jitter_p: float = 0.8,
                  brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.1,
                  grayscale_p: float = 0.2, blur_p: float = 0.5, blur_sigma: tuple[float, float] = (0.1, 2.0)):
+        check_types("defenses.SimCLRAugment", type(self).__init__, locals())
         problems = [msg for ok, msg in (
             (0 < crop_scale[0] <= crop_scale[1] <= 1, f"crop_scale needs 0 < low <= high <= 1, got {crop_scale}"),
             (0 < crop_ratio[0] <= crop_ratio[1], f"crop_ratio needs 0 < low <= high, got {crop_ratio}"),
@@ -305,6 +306,7 @@ def simclr_pretrain(x: torch.Tensor, new_model: Callable[[], nn.Module], generat
         The backbone's state dict (the model's without its head) and a record of the run: per-epoch mean
         loss, learning rate and seconds.
     """
+    check_types("defenses.simclr_pretrain", simclr_pretrain, locals())
     problems = [msg for ok, msg in (
         (epochs >= 1, f"epochs must be >= 1, got {epochs}"),
         (batch_size >= 2, f"batch_size must be >= 2 (negatives come from the batch), got {batch_size}"),
@@ -322,7 +324,7 @@ def simclr_pretrain(x: torch.Tensor, new_model: Callable[[], nn.Module], generat
     sched = make_schedule(opt, epochs, name=schedule)
     state = Resumable(checkpointer or Checkpointer(None, ""), generator, model=model, head=head, optimizer=opt,
                       schedule=sched)
-    restored = state.restore()
+    restored = state.restore(needs=("history",))
     history: list[dict[str, float]] = restored["history"] if restored else []
     if restored:
         print(f"resuming SimCLR from epoch {len(history)}/{epochs}", flush=True)
@@ -332,6 +334,7 @@ def simclr_pretrain(x: torch.Tensor, new_model: Callable[[], nn.Module], generat
         timer = Timer()
         lr_now = opt.param_groups[0]["lr"]
         total, seen = torch.zeros((), device=x.device), 0
+        losses = StepLosses(f"simclr {epoch + 1}/{epochs}")
         for idx in index_batches(len(x), batch_size, generator, device=x.device):
             if len(idx) < 2:  # a lone image has no negative
                 continue
@@ -342,7 +345,9 @@ def simclr_pretrain(x: torch.Tensor, new_model: Callable[[], nn.Module], generat
             loss.backward()
             opt.step()
             total += loss.detach() * len(idx)
+            losses.add(loss)
             seen += len(idx)
+        losses.check()
         sched.step()
         history.append({"epoch": epoch + 1, "loss": total.item() / max(seen, 1), "lr": lr_now,
                         "seconds": timer.lap()})
@@ -381,7 +386,7 @@ def pretrain_stage(clean: Path, poisoned: Path, out: Path, checkpoints: Path | N
     from asd_repro.io import atomic_dir
     from asd_repro.models import create_model
     from asd_repro.provenance import environment
-    from asd_repro.stages import to_nchw, open_cell, write_run_folder
+    from asd_repro.stages import open_cell, stopped_if_diverged, to_nchw, write_run_folder
 
     cell = open_cell(clean, poisoned, seed, device, channels_last)
     data, dev = cell.data, cell.device
@@ -389,8 +394,9 @@ def pretrain_stage(clean: Path, poisoned: Path, out: Path, checkpoints: Path | N
     x = to_nchw(cell.arrays["train_x"], dev)
     model = create_model(**cell.model_kwargs)  # its head f_c stays as initialised here, right after seeding
     start = time.perf_counter()
-    backbone, info = simclr_pretrain(x, cell.new_model, cell.generator, cell.normalize(), data.info.hflip,
-                                     checkpointer, stop_after_epoch=stop_after_epoch)
+    with checkpointer.lock(), stopped_if_diverged(out):
+        backbone, info = simclr_pretrain(x, cell.new_model, cell.generator, cell.normalize(), data.info.hflip,
+                                         checkpointer, stop_after_epoch=stop_after_epoch)
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     assert not unexpected and set(missing) == head_parameter_names(model), (missing, unexpected)
     record = {"dataset": data.info.name, "attack": cell.meta["attack"], "seed": seed, "device": str(dev),
@@ -436,10 +442,11 @@ def frozen_features(model: nn.Module, x: torch.Tensor, normalize: Normalize, bat
 
 def train_linear_head_cached(model: nn.Module, optimizer: torch.optim.Optimizer, feats: torch.Tensor,
                              y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                             sce_kwargs: dict[str, float]) -> dict[str, float]:
+                             sce_kwargs: dict[str, float], desc: str = "linear head") -> dict[str, float]:
     """One epoch of SCE training of the head f_c on precomputed backbone features."""
     head = model.get_classifier()
     total, correct = torch.zeros((), device=feats.device), torch.zeros((), device=feats.device)
+    losses = StepLosses(desc)
     for idx in index_batches(len(y), batch_size, generator, device=feats.device):
         logits = head(feats[idx])
         loss = sce(logits, y[idx], **sce_kwargs)
@@ -447,7 +454,9 @@ def train_linear_head_cached(model: nn.Module, optimizer: torch.optim.Optimizer,
         loss.backward()
         optimizer.step()
         total += loss.detach() * len(idx)
+        losses.add(loss)
         correct += (logits.argmax(1) == y[idx]).sum()
+    losses.check()
     return {"loss": total.item() / max(len(y), 1), "train_acc": 100.0 * correct.item() / max(len(y), 1)}
 
 
@@ -489,6 +498,7 @@ class DBD(Defense):
                  sce_onehot_min: float = 1e-4, T: float = 0.5, K: int = 2, mixup_alpha: float = 0.75,
                  lambda_u: float = 15.0, rampup: float = 190, iterations: int = 1024, batch_size: int = 64,
                  optimizer: str = "adam", lr: float = 0.002, weight_decay: float = 0.0, loss_batch_size: int = 1024):
+        check_types("defenses.DBD", type(self).__init__, locals())
         problems = [msg for ok, msg in (
             (linear_epochs >= 0 and epochs >= 0, f"need linear_epochs >= 0 and epochs >= 0 (got {linear_epochs}, "
                                                  f"{epochs})"),
@@ -530,7 +540,8 @@ class DBD(Defense):
         for epoch in range(start, self.linear_epochs):
             if feats is not None:
                 stats = train_linear_head_cached(model, optimizer, feats, ctx.train_y, self.linear_batch_size,
-                                                 ctx.generator, self.sce)
+                                                 ctx.generator, self.sce,
+                                                 desc=f"dbd linear {epoch + 1}/{self.linear_epochs}")
             else:
                 stats = train_linear_head(model, optimizer, ctx, self.linear_batch_size, self.sce,
                                           desc=f"dbd linear {epoch + 1}/{self.linear_epochs}")

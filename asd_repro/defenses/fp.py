@@ -31,7 +31,7 @@ import torch
 from asd_repro.defenses import Context, Defense, register_defense
 from asd_repro.defenses._posttraining import SGD, clean_epoch, defender_clean_data, training_phase
 from asd_repro.engine.augment import Normalize
-from asd_repro.errors import UserError
+from asd_repro.errors import UserError, check_types
 
 
 @torch.inference_mode()
@@ -123,6 +123,7 @@ class FP(Defense):
                  prune_step: int = 1, finetune_epochs: int = 100, batch_size: int = 256, lr: float = 0.01,
                  momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = False, schedule: str = "cosine",
                  lr_drop_epochs: tuple[int, ...] = (), gamma: float = 0.1):
+        check_types("defenses.FP", type(self).__init__, locals())
         problems = [msg for ok, msg in (
             (0 < clean_fraction <= 1, f"clean_fraction must be in (0, 1], got {clean_fraction}"),
             (0 <= acc_drop <= 1, f"acc_drop is a fraction in [0, 1] (0.1 = 10 points), got {acc_drop}"),

@@ -21,6 +21,7 @@ Differences from the reference code, all deliberate:
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator
 
 import gin
@@ -32,7 +33,7 @@ from asd_repro.defenses import Context, Defense, register_defense
 from asd_repro.defenses._posttraining import SGD, clean_epoch, defender_clean_data, training_phase
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.loop import index_batches
-from asd_repro.errors import UserError
+from asd_repro.errors import Diverged, UserError, check_types
 
 
 def attention_map(features: torch.Tensor, p: float = 2.0, eps: float = 1e-6) -> torch.Tensor:
@@ -76,7 +77,7 @@ def distill_epoch(student: torch.nn.Module, teacher: torch.nn.Module, optimizer:
     with stage_outputs(student, stages) as s_feats, stage_outputs(teacher, stages) as t_feats:
         bar = tqdm(list(index_batches(len(y), batch_size, generator, device=x.device)), desc=desc, leave=False,
                    mininterval=1.0)
-        for idx in bar:
+        for step, idx in enumerate(bar, 1):
             inputs, targets = normalize(augment(x[idx], generator)), y[idx]
             logits = student(inputs)
             ce = F.cross_entropy(logits, targets)
@@ -92,6 +93,8 @@ def distill_epoch(student: torch.nn.Module, teacher: torch.nn.Module, optimizer:
             optimizer.step()
             for key, value in (("loss", loss), ("ce", ce), ("at", at)):
                 totals[key] += value.item() * len(idx)
+            if not math.isfinite(totals["loss"]):
+                raise Diverged(f"{desc}: the training loss is {loss.item()} at step {step} of {len(bar)}")
             correct += (logits.argmax(1) == targets).sum().item()
             seen += len(idx)
     return {**{k: v / max(seen, 1) for k, v in totals.items()}, "train_acc": 100.0 * correct / max(seen, 1)}
@@ -124,6 +127,7 @@ class NAD(Defense):
                  betas: dict[str, float] | None = None, p: float = 2.0, batch_size: int = 64, lr: float = 0.1,
                  momentum: float = 0.9, weight_decay: float = 1e-4, nesterov: bool = True,
                  schedule: str = "multistep", lr_drop_epochs: tuple[int, ...] = (2,), gamma: float = 0.1):
+        check_types("defenses.NAD", type(self).__init__, locals())
         betas = {"layer2": 500.0, "layer3": 1000.0, "layer4": 1000.0} if betas is None else dict(betas)
         problems = [msg for ok, msg in (
             (0 < clean_fraction <= 1, f"clean_fraction must be in (0, 1], got {clean_fraction}"),

@@ -8,6 +8,7 @@ import torch
 from asd_repro.defenses import Context, Defense, Timer, register_defense
 from asd_repro.engine.loop import Resumable, train_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
+from asd_repro.errors import check_types, require
 
 
 def supervised_training(ctx: Context, model: torch.nn.Module, epochs: int, batch_size: int, phase: str = "train",
@@ -41,6 +42,9 @@ class NoDefense(Defense):
     """
 
     def __init__(self, epochs: int = gin.REQUIRED, batch_size: int = 128):
+        check_types("defenses.NoDefense", type(self).__init__, locals())
+        require("defenses.NoDefense.epochs", epochs, epochs >= 1, "an integer >= 1")
+        require("defenses.NoDefense.batch_size", batch_size, batch_size >= 1, "an integer >= 1")
         self.epochs = epochs
         self.batch_size = batch_size
 

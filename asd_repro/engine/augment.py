@@ -11,6 +11,8 @@ from __future__ import annotations
 import gin
 import torch
 
+from asd_repro.errors import check_types, require
+
 
 def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
     i = i.abs()
@@ -29,8 +31,10 @@ class Augment:
     """
 
     def __init__(self, crop_padding: int = 4, padding_mode: str = "reflect", hflip: bool | None = None):
-        if padding_mode not in ("reflect", "constant"):
-            raise ValueError(f"padding_mode must be 'reflect' or 'constant', got {padding_mode!r}")
+        check_types("engine.Augment", type(self).__init__, locals())
+        require("engine.Augment.padding_mode", padding_mode, padding_mode in ("reflect", "constant"),
+                "'reflect' or 'constant'")
+        require("engine.Augment.crop_padding", crop_padding, crop_padding >= 0, "an integer >= 0")
         self.crop_padding = crop_padding
         self.padding_mode = padding_mode
         self.hflip = hflip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Iterator
 
 import torch
@@ -10,6 +11,7 @@ from tqdm.auto import tqdm
 
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.checkpoint import Checkpointer, rng_state, set_rng_state
+from asd_repro.errors import StepLosses  # noqa: F401 (the loops' divergence guard)
 
 
 def index_batches(n: int, batch_size: int, generator: torch.Generator | None, drop_last: bool = False,
@@ -27,7 +29,11 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: tor
                 desc: str = "train") -> dict[str, float]:
     """One pass of mini-batch training with on-device augmentation; returns mean loss and accuracy."""
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    # float64 sums on the device: the same additions, in the same order, as summing loss.item() on the host
+    total_loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    seen = 0
+    losses = StepLosses(desc)
     bar = tqdm(list(index_batches(len(y), batch_size, generator, device=x.device)), desc=desc, leave=False,
                mininterval=1.0)
     for idx in bar:
@@ -37,10 +43,12 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: tor
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(idx)
-        correct += (logits.argmax(1) == targets).sum().item()
+        losses.add(loss)
+        total_loss += loss.detach().double() * len(idx)
+        correct += (logits.argmax(1) == targets).sum()
         seen += len(idx)
-    return {"loss": total_loss / max(seen, 1), "train_acc": 100.0 * correct / max(seen, 1)}
+    losses.check()
+    return {"loss": total_loss.item() / max(seen, 1), "train_acc": 100.0 * correct.item() / max(seen, 1)}
 
 
 @torch.inference_mode()
@@ -74,13 +82,30 @@ class Resumable:
         self.generator = generator
         self.objects = objects
 
-    def restore(self) -> dict[str, Any] | None:
+    def restore(self, needs: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """Load the last checkpoint into the objects; None (objects untouched) when there is none.
+
+        A checkpoint of another layout (missing ``needs`` entries, other objects, other shapes) is discarded
+        with a one-line warning and the objects are left as they were, so the phase starts over from epoch 0.
+        """
         state = self.ckpt.load()
         if state is None:
             return None
-        for name, obj in self.objects.items():
-            obj.load_state_dict(state["objects"][name])
-        set_rng_state(state["rng"], self.generator)
+        before = {name: copy.deepcopy(obj.state_dict()) for name, obj in self.objects.items()}
+        rng_before = rng_state(self.generator)
+        try:
+            missing = [k for k in ("objects", "rng", *needs) if k not in state]
+            if missing:
+                raise KeyError(", ".join(missing))
+            for name, obj in self.objects.items():
+                obj.load_state_dict(state["objects"][name])
+            set_rng_state(state["rng"], self.generator)
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as e:
+            for name, obj in self.objects.items():
+                obj.load_state_dict(before[name])
+            set_rng_state(rng_before, self.generator)
+            self.ckpt.discard(f"is not this run's ({type(e).__name__}: {str(e).splitlines()[0][:100]})")
+            return None
         return state
 
     def save(self, **extra: Any) -> None:

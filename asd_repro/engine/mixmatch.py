@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from asd_repro.engine.augment import Augment, Normalize
-from asd_repro.engine.loop import index_batches
+from asd_repro.engine.loop import StepLosses, index_batches
+from asd_repro.errors import UserError
 
 
 def sharpen(p: torch.Tensor, T: float) -> torch.Tensor:
@@ -92,7 +93,8 @@ def endless_batches(pool: torch.Tensor, batch_size: int, generator: torch.Genera
                     device: torch.device | str) -> Iterator[torch.Tensor]:
     """Shuffled full batches (drop_last) of the indices in ``pool``, reshuffled each time the pool is exhausted."""
     if len(pool) < batch_size:
-        raise ValueError(f"a pool of {len(pool)} samples cannot fill one batch of {batch_size} (drop_last)")
+        raise UserError(f"a pool of {len(pool)} samples cannot fill one MixMatch batch of {batch_size} (drop_last); "
+                        "lower the defense's batch_size binding (defenses.ASD.batch_size or defenses.DBD.batch_size)")
     while True:
         for b in index_batches(len(pool), batch_size, generator, drop_last=True):
             yield pool[b].to(device)
@@ -127,6 +129,7 @@ def mixmatch_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: 
     us = endless_batches(unlabelled.cpu(), batch_size, generator, device)
     sums = torch.zeros(3, device=device)  # loss, Lx, Lu summed on the device: no sync per iteration
     weights = 0.0
+    losses = StepLosses(desc)
     for i in tqdm(range(iterations), desc=desc, leave=False, mininterval=1.0):
         xi, ui = next(xs), next(us)
         x_in = normalize(augment(x[xi], generator))
@@ -150,6 +153,8 @@ def mixmatch_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: 
         loss.backward()
         optimizer.step()
         sums += torch.stack([loss, lx, lu]).detach()
+        losses.add(loss)
         weights += weight
+    losses.check()
     loss, lx, lu = (sums / max(iterations, 1)).tolist()
     return {"loss": loss, "lx": lx, "lu": lu, "lambda_u": weights / max(iterations, 1)}

@@ -7,6 +7,8 @@ from typing import Iterable
 import gin
 import torch
 
+from asd_repro.errors import check_types, require
+
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "multistep")
 
@@ -18,11 +20,14 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], name: str = "sgd", lr: 
         name: 'sgd' (momentum, nesterov, weight_decay apply) or 'adam' (weight_decay applies).
         lr: learning rate.
     """
+    check_types("engine.make_optimizer", make_optimizer, locals())
+    require("engine.make_optimizer.name", name, name in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}")
+    require("engine.make_optimizer.lr", lr, lr > 0, "a learning rate > 0")
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    raise AssertionError(name)  # unreachable: checked above
 
 
 @gin.configurable(module="engine")
@@ -34,6 +39,8 @@ def make_schedule(optimizer: torch.optim.Optimizer, epochs: int, name: str = "co
         name: 'constant', 'cosine' (to zero over ``epochs``) or 'multistep'.
         milestones: for 'multistep', fractions of ``epochs`` at which the lr is multiplied by ``gamma``.
     """
+    check_types("engine.make_schedule", make_schedule, locals())
+    require("engine.make_schedule.name", name, name in SCHEDULES, f"one of {', '.join(SCHEDULES)}")
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1.0)
     if name == "cosine":
@@ -41,4 +48,4 @@ def make_schedule(optimizer: torch.optim.Optimizer, epochs: int, name: str = "co
     if name == "multistep":
         steps = sorted({max(1, int(round(m * epochs))) for m in milestones})
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=steps, gamma=gamma)
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
+    raise AssertionError(name)  # unreachable: checked above

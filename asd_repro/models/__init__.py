@@ -4,12 +4,18 @@ timm's ResNet has no stride-1 stem option, so for small inputs the stem is repla
 stride-1 convolution and the max-pool by Identity (the ASD reference's CIFAR ResNet-18). The
 'deep' stem type is only used to make timm size the stem to ``channels[0]``; its convolutions are
 then replaced. The head stays timm's ``fc``, so layer names are ``layer1..layer4`` and ``fc``.
+
+Initialisation (``init``): 'official' is the ASD authors' (their CIFAR ResNet-18: every convolution, the stem's
+included, kaiming-normal fan_out; batch-norm scales 1). 'timm' is timm's own: it also zero-initialises the last
+batch-norm scale of every residual block, and the replaced stem keeps PyTorch's default init (DEVIATIONS T7).
 """
 
 from __future__ import annotations
 
 import gin
 import torch.nn as nn
+
+from asd_repro.errors import check_types, require
 
 ARCHS = {
     # name: (blocks per stage, widths per stage)
@@ -20,7 +26,7 @@ ARCHS = {
 
 @gin.configurable(module="models")
 def create_model(num_classes: int, in_chans: int, image_size: int, arch: str = "resnet18",
-                 stem: str = "auto") -> nn.Module:
+                 stem: str = "auto", init: str = "official") -> nn.Module:
     """Build a ResNet classifier.
 
     Args:
@@ -30,28 +36,33 @@ def create_model(num_classes: int, in_chans: int, image_size: int, arch: str = "
         arch: one of ``ARCHS``.
         stem: 'cifar' (3x3 stride 1, no max-pool), 'imagenet' (7x7 stride 2 + max-pool) or 'auto'
             (cifar up to 64 px).
+        init: 'official' (the authors' initialisation) or 'timm' (timm's; the mini and smoke profiles').
     """
+    check_types("models.create_model", create_model, locals())
     import timm
 
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHS)}")
+    require("models.create_model.arch", arch, arch in ARCHS, f"one of {', '.join(ARCHS)}")
     if stem == "auto":
         stem = "cifar" if image_size <= 64 else "imagenet"
-    if stem not in ("cifar", "imagenet"):
-        raise ValueError(f"stem must be 'cifar', 'imagenet' or 'auto', got {stem!r}")
+    require("models.create_model.stem", stem, stem in ("cifar", "imagenet"), "'cifar', 'imagenet' or 'auto'")
+    require("models.create_model.init", init, init in ("official", "timm"), "'official' or 'timm'")
+    official = {"zero_init_last": False} if init == "official" else {}
     layers, channels = ARCHS[arch]
     recipe = dict(num_classes=num_classes, in_chans=in_chans, image_size=image_size, arch=arch, stem=stem)
     if stem == "imagenet" and arch == "resnet18":
-        model = timm.create_model("resnet18", pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        model = timm.create_model("resnet18", pretrained=False, num_classes=num_classes, in_chans=in_chans, **official)
         model.create_kwargs = recipe
         return model
     kwargs = dict(layers=layers, channels=channels, stem_type="deep", stem_width=channels[0] // 2)
-    model = timm.create_model("resnet18", pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs,
+                              **official)
     if stem == "cifar":
         model.conv1 = nn.Conv2d(in_chans, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     else:
         model.conv1 = nn.Conv2d(in_chans, channels[0], kernel_size=7, stride=2, padding=3, bias=False)
+    if official:
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.pretrained_cfg = dict(model.pretrained_cfg, input_size=(in_chans, image_size, image_size))
     model.create_kwargs = recipe  # saved with the weights, so a loaded model never depends on gin bindings
     return model

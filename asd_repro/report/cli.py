@@ -49,4 +49,8 @@ def run(command: str, argv: list[str]) -> int:
         from asd_repro.report.claims import main
 
         return main(argv)
+    if command == "config":
+        from asd_repro.report.cellconfig import main
+
+        return main(argv)
     raise SystemExit(f"unknown report command {command!r}")
