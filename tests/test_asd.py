@@ -231,3 +231,12 @@ def test_asd_resumed_twice_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
     timing = ("seconds", "loss_pass_seconds", "meta_split_seconds", "mixmatch_seconds")
     strip = [[{k: v for k, v in r.items() if k not in timing} for r in c.curves] for c in (ctx, resumed_ctx)]
     assert strip[0] == strip[1]
+
+
+def test_a_pool_smaller_than_a_batch_is_one_line():
+    from asd_repro.engine.mixmatch import endless_batches
+    from asd_repro.errors import UserError
+
+    with pytest.raises(UserError, match=r"a pool of 3 samples cannot fill one MixMatch batch of 4 .*lower the "
+                                        r"defense's batch_size binding \(defenses.ASD.batch_size"):
+        next(endless_batches(torch.arange(3), 4, torch.Generator().manual_seed(0), "cpu"))

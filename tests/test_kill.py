@@ -102,9 +102,12 @@ def test_sigkill_then_rerun_ends_byte_identical(reference, tmp_path, point):
     assert not (tmp_path / "run").exists(), "a killed stage leaves no output folder"
     if point != "mid-epoch":
         assert any((tmp_path / "ckpt").rglob("*.pt")), "the last good checkpoint survives the kill"
+    if point == "output":
+        assert list(tmp_path.glob(".run.partial-*")), "kill -9 skips the clean-up of the scratch folder..."
     rerun = _run(args)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (tmp_path / "run" / "model.pt").read_bytes() == (straight / "run" / "model.pt").read_bytes()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted(p.name for p in (straight / "run").iterdir())
     assert _curves(tmp_path / "curves.json") == _curves(straight / "curves.json")
     assert not any((tmp_path / "ckpt").rglob("*.pt")), "checkpoints are removed once the cell is done"
+    assert not list(tmp_path.glob(".run.partial-*")), "...so the re-run removes it"
