@@ -67,6 +67,13 @@ def test_attacks_that_train_on_the_target_check_it_before_fitting(cls):
         atk.fit(x, np.repeat(np.arange(10), 2), np.random.default_rng(0))
 
 
+def test_a_clb_trigger_too_large_for_the_image_is_refused_before_fitting():
+    atk = CLB(target=0, ratio=0.1, trigger_size=5)
+    x = np.zeros((20, 8, 8, 1), np.uint8)  # two 5-px corner patterns do not fit an 8-px side
+    with pytest.raises(UserError, match=r"attacks.CLB.trigger_size = 5 is invalid: expected None or at most 4 px"):
+        atk.fit(x, np.repeat(np.arange(10), 2), np.random.default_rng(0))
+
+
 def _cli(capsys, argv):
     rc = main([str(a) for a in argv])
     return rc, capsys.readouterr().err.strip()

@@ -70,3 +70,52 @@ def test_paper_model_is_the_cifar_resnet18():
     assert big.conv1.kernel_size == (7, 7) and type(big.maxpool).__name__ == "MaxPool2d"
     grey = create_model(num_classes=10, in_chans=1, image_size=28, arch="slim_resnet", stem="cifar")
     assert grey.conv1.in_channels == 1 and grey.fc.in_features == 128
+
+
+def _composed(files, configurable):
+    """The model (or attack) a stage would build from these gin files."""
+    import gin
+
+    from asd_repro import config
+    from asd_repro.plugins import load_all
+
+    load_all()
+    config.parse(files, ["SEED = 100"])
+    try:
+        return configurable()
+    finally:
+        gin.clear_config()
+
+
+def test_the_paper_profile_builds_the_authors_initialisation_and_mini_timms(repo_cwd):
+    from asd_repro.models import create_model
+
+    def build():
+        torch.manual_seed(0)
+        return create_model(num_classes=10, in_chans=3, image_size=32)
+
+    paper = _composed([*PAPER, "params/profiles/paper/none.gin"], build)
+    mini = _composed(["params/base.gin", "params/datasets/cifar10.gin", "params/profiles/mini/common.gin"], build)
+    last_bn = lambda m: [b.bn2.weight for s in (m.layer1, m.layer2, m.layer3, m.layer4) for b in s]  # noqa: E731
+    assert all(bool((w == 1).all()) for w in last_bn(paper))  # the authors': BN scales 1
+    assert paper.conv1.weight.std().item() > 0.05  # kaiming-normal fan_out: std sqrt(2 / (64 * 9)) = 0.059
+    assert all(bool((w == 0).all()) for w in last_bn(mini))  # timm's zero_init_last, which mini binds
+
+
+def test_the_clb_proxy_is_the_profiles_backbone(repo_cwd):
+    from asd_repro.attacks import ATTACKS
+
+    def proxy(profile):
+        files = ["params/base.gin", "params/datasets/cifar10.gin", "params/attacks/clb.gin",
+                 f"params/profiles/{profile}/attacks.gin"]
+        return _composed(files, lambda: ATTACKS.create("clb")).proxy
+
+    def backbone(profile):
+        from asd_repro.models import create_model
+
+        files = ["params/base.gin", "params/datasets/cifar10.gin", f"params/profiles/{profile}/common.gin"]
+        return _composed(files, lambda: create_model(num_classes=10, in_chans=3, image_size=32).create_kwargs["arch"])
+
+    for profile in ("paper", "mini", "smoke"):
+        assert proxy(profile) == backbone(profile), profile
+    assert proxy("paper") == "resnet18"

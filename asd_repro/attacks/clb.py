@@ -114,6 +114,9 @@ class CLB(Attack):
 
     def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
         self.check_target(y)
+        side = min(x.shape[1:3])
+        self.require("trigger_size", self.trigger_size, self.trigger_size is None or 2 * self.trigger_size <= side,
+                     f"None or at most {side // 2} px, so that two corner patterns fit a {side}-px side")
         with torch_threads(self.threads):
             self._train(x, y, rng)
 
