@@ -17,7 +17,7 @@ import torch
 from asd_repro.cli import main
 
 from conftest import REPO, badnets_poisoned
-from test_kill import KILLER
+from test_kill import _run as run_killed
 
 GIN = ["params/base.gin", "params/attacks/badnets.gin", "params/defenses/none.gin", "params/profiles/smoke/common.gin",
        "params/profiles/smoke/none.gin"]
@@ -171,8 +171,7 @@ def test_an_unreadable_or_foreign_checkpoint_warns_and_starts_over(cell, tmp_pat
     reference = tmp_path / "reference"
     assert main(_args(cell, reference, checkpoints=False)) == 0
     capsys.readouterr()
-    killed = subprocess.run([sys.executable, "-c", KILLER, "mid-epoch", *_args(cell, tmp_path)], cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=300)
+    killed = run_killed(_args(cell, tmp_path), "mid-epoch")
     assert killed.returncode == -signal.SIGKILL  # in epoch 2, after the epoch-1 checkpoint
     (ckpt,) = (tmp_path / "ckpt").glob("*/last.pt")
     if content == "foreign":  # a loadable checkpoint of another layout (another phase's objects)

@@ -7,6 +7,7 @@ import torch
 from asd_repro.cli import main
 
 from realformat import write_cifar10
+from test_models import _last_bn_scales
 
 PAPER = ["params/base.gin", "params/datasets/cifar10.gin", "params/profiles/paper/common.gin"]
 
@@ -96,10 +97,9 @@ def test_the_paper_profile_builds_the_authors_initialisation_and_mini_timms(repo
 
     paper = _composed([*PAPER, "params/profiles/paper/none.gin"], build)
     mini = _composed(["params/base.gin", "params/datasets/cifar10.gin", "params/profiles/mini/common.gin"], build)
-    last_bn = lambda m: [b.bn2.weight for s in (m.layer1, m.layer2, m.layer3, m.layer4) for b in s]  # noqa: E731
-    assert all(bool((w == 1).all()) for w in last_bn(paper))  # the authors': BN scales 1
+    assert all(bool((w == 1).all()) for w in _last_bn_scales(paper))  # the authors': BN scales 1
     assert paper.conv1.weight.std().item() > 0.05  # kaiming-normal fan_out: std sqrt(2 / (64 * 9)) = 0.059
-    assert all(bool((w == 0).all()) for w in last_bn(mini))  # timm's zero_init_last, which mini binds
+    assert all(bool((w == 0).all()) for w in _last_bn_scales(mini))  # timm's zero_init_last, which mini binds
 
 
 def test_the_clb_proxy_is_the_profiles_backbone(repo_cwd):
