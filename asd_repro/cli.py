@@ -21,6 +21,8 @@ def _gin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="binds the SEED macro")
 
 
+RUNNER_HELP = "dvc repro with independent stages side by side (-j N at a time); see asd_repro/runner.py"
+
 REPORT_COMMANDS = {
     "table": "assemble results/<profile>/ (tables with seed statistics, claims, figures) from the metrics",
     "compare": "compare two tables (files, metrics folders or git revisions) cell by cell; exit 1 on a change",
@@ -88,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in REPORT_COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
 
+    sub.add_parser("repro", help=RUNNER_HELP, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("configurables", help="list every gin configurable and its parameters")
     return ap
 
@@ -127,7 +130,7 @@ def _params(path: Path) -> dict:
 def run(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "check":
-        from asd_repro.stages import check_params
+        from asd_repro.matrix import check_params
 
         return check_params(args.params, args.out)
     if args.command == "configurables":
@@ -136,9 +139,10 @@ def run(argv: list[str] | None = None) -> None:
         load_all()
         return print(describe_configurables())
 
-    from asd_repro import config, stages
+    from asd_repro import config, matrix, stages
 
     asked = _configure(args)
+    config.call_with_config(stages.torch_threads)
     if args.command == "prepare":
         config.call_with_config(stages.prepare, args.dataset, args.raw_root, args.out, asked_config=asked)
     elif args.command == "assets":
@@ -153,20 +157,30 @@ def run(argv: list[str] | None = None) -> None:
                                 asked_config=asked)
     elif args.command == "evaluate":
         p = _params(args.params)
-        defenses = stages.defense_names(p.get("defenses"), str(args.params))
+        defenses = matrix.defense_names(p.get("defenses"), str(args.params))
         config.call_with_config(stages.evaluate, args.clean, args.poisoned, args.runs, defenses,
-                                stages.seeds_of(p, str(args.params)), args.out)
+                                matrix.seeds_of(p, str(args.params)), args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv and argv[0] != "repro":  # under `asd-repro repro`, a process with the libraries imported runs it
+        from asd_repro.forkserver import delegate
+
+        status = delegate(argv)
+        if status is not None:
+            return status
     from asd_repro.errors import UserError
 
-    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         if argv and argv[0] in REPORT_COMMANDS:  # the report commands' exit status is theirs (gates)
             from asd_repro.report.cli import run as report_run
 
             return report_run(argv[0], argv[1:])
+        if argv and argv[0] == "repro":
+            from asd_repro.runner import main as repro
+
+            return repro(argv[1:])
         run(argv)
     except UserError as e:
         # gin appends "In call to configurable ..." lines to exceptions raised inside configurables

@@ -1,4 +1,5 @@
-"""A small timm-style plug-in registry: ``@register`` fills a dict, ``create(name, **kwargs)`` builds.
+"""A small timm-style plug-in registry: ``@register`` fills a dict, ``create(name, **kwargs)`` builds, and
+``meta(name)`` returns what the plug-in declared about itself at registration (as timm records a model's config).
 
 Plug-in packages (datasets, attacks, defenses) import every module in their folder on first use,
 so adding a plug-in is one new file (plus its gin file), with nothing else edited.
@@ -21,13 +22,16 @@ class Registry:
         self.kind = kind
         self.package = package
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
         self._loaded = False
 
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(self, name: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """A decorator registering its class or function under ``name``, with the plug-in's metadata ``meta``."""
         def wrap(obj: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries and self._entries[name] is not obj:
                 raise RuntimeError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = obj
+            self._meta[name] = dict(meta)
             return obj
 
         return wrap
@@ -51,6 +55,11 @@ class Registry:
         if name not in self._entries:
             raise UserError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._entries[name]
+
+    def meta(self, name: str) -> dict[str, Any]:
+        """What the plug-in ``name`` declared when it registered (a copy)."""
+        self.get(name)
+        return dict(self._meta[name])
 
     def create(self, name: str, **kwargs: Any) -> Any:
         return self.get(name)(**kwargs)

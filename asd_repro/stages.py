@@ -19,7 +19,8 @@ import gin
 import numpy as np
 
 from asd_repro.errors import Diverged, UserError
-from asd_repro.io import atomic_dir, load_arrays, read_json, save_arrays, save_torch, write_json, write_text_atomic
+from asd_repro.matrix import seed_folder
+from asd_repro.io import atomic_dir, load_arrays, read_json, save_arrays, save_torch, write_json
 from asd_repro.provenance import environment
 
 
@@ -110,12 +111,22 @@ def load_poisoned(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return meta, load_arrays(folder, meta, producer=f"the poison stage of {meta.get('attack', folder.name)}")
 
 
-def resolve_device(device: str):
+@gin.configurable(module="stages")
+def torch_threads(threads: int | None = None) -> None:
+    """Set the CPU threads of this stage's process (torch's intra-op pool); None keeps torch's default (the cores).
+
+    Sums split across threads round differently, so a stage's weights are bit-identical only at the same value. A
+    profile whose stages run side by side (``asd-repro repro -j``, one stage per core) binds 1, which also fixes the
+    weights of a plain ``dvc repro``.
+    """
     import torch
 
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from asd_repro.errors import check_types, require
+
+    check_types("stages.torch_threads", torch_threads, locals())
+    if threads is not None:
+        require("stages.torch_threads.threads", threads, threads >= 1, "an integer >= 1, or None (the cores)")
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -161,17 +172,20 @@ class Cell:
                            json.dumps(self.clean_files, sort_keys=True), *extra)
 
 
-def open_cell(clean: Path, poisoned: Path, seed: int, device: str, channels_last: bool) -> Cell:
-    """Load a cell's prepared and poisoned sets, pick the device and seed every RNG (see ``Cell``)."""
+def open_cell(clean: Path, poisoned: Path, seed: int, device: str, channels_last: bool,
+              stage: str = "train") -> Cell:
+    """Load a cell's prepared and poisoned sets, pick the device (``stages.<stage>.device``) and seed every RNG
+    (see ``Cell``)."""
     import random
 
     import torch
 
     from asd_repro.data import load_prepared
+    from asd_repro.engine.device import resolve_device
 
     data = load_prepared(clean)
     meta, arrays = load_poisoned(poisoned)
-    dev = resolve_device(device)
+    dev = resolve_device(device, f"stages.{stage}.device")
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
@@ -189,8 +203,6 @@ def write_run_folder(folder: Path, asked_config: str, model: Any, model_kwargs: 
     ``model.pt`` holds the weights on the CPU with the recipe ``load_model`` rebuilds the model from: the model's
     own ``create_kwargs`` when ``models.create_model`` built it, else ``model_kwargs``.
     """
-    import torch
-
     _write_configs(folder, asked_config)
     recipe = getattr(model, "create_kwargs", model_kwargs)
     save_torch({"model_kwargs": recipe, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}},
@@ -264,7 +276,9 @@ def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, ch
     with ctx.checkpointer.lock(), stopped_if_diverged(out):
         model = defense_obj.run(ctx)
     seconds = time.perf_counter() - start
-    final = ctx.evaluate(model)
+    last = ctx.curves[-1] if ctx.curves else {}
+    # the last epoch is always evaluated, on the model the defense returns (FP's folded mask gives the same outputs)
+    final = {"acc": last["acc"], "asr": last["asr"]} if last.get("acc") is not None else ctx.evaluate(model)
     info = {"dataset": data.info.name, "attack": cell.meta["attack"], "defense": defense, "seed": seed,
             "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
             "train_seconds": round(seconds, 2), "final_epoch": final, "model": cell.model_kwargs,
@@ -284,19 +298,47 @@ def pretrain(defense: str, clean: Path, poisoned: Path, out: Path, checkpoints: 
              stop_after_epoch: int | None = None) -> dict[str, Any]:
     """A self-supervised defense's pre-training stage (DBD: SimCLR), written as a model folder for ``train``.
 
+    The pre-training step is the one the defense declared at registration (``@register_defense(pretrain=...)``).
+    ``out/model.pt`` has the format ``train`` writes (so ``train(upstream=out)`` loads it): the trained backbone with
+    the model's freshly initialised head; ``out/pretrain.json`` records the losses and times. Resumable per epoch.
+
     Args:
         device: 'auto' (CUDA when available), 'cpu' or 'cuda[:i]'.
         channels_last: channels-last memory format for the model and its inputs.
         stop_after_epoch: tests only, simulates a kill after that many epochs.
     """
-    import importlib
+    import torch
 
-    if DEFENSE_FAMILY.get(defense) != "selfsup":
-        selfsup = ", ".join(sorted(n for n, f in DEFENSE_FAMILY.items() if f == "selfsup"))
+    from asd_repro.defenses import DEFENSES
+    from asd_repro.engine.checkpoint import Checkpointer
+    from asd_repro.engine.simclr import head_parameter_names
+    from asd_repro.models import create_model
+
+    pretrain_step = DEFENSES.meta(defense).get("pretrain")
+    if pretrain_step is None:
+        selfsup = ", ".join(n for n in DEFENSES.names() if DEFENSES.meta(n).get("pretrain") is not None)
         raise UserError(f"{defense!r} has no pre-training stage (only {selfsup}); list it in defenses.scratch")
-    stage = importlib.import_module(f"asd_repro.defenses.{defense}").pretrain_stage
-    return stage(clean, poisoned, out, checkpoints, seed=seed, device=device, channels_last=channels_last,
-                 asked_config=asked_config, stop_after_epoch=stop_after_epoch)
+    cell = open_cell(clean, poisoned, seed, device, channels_last, stage="pretrain")
+    data, dev = cell.data, cell.device
+    checkpointer = Checkpointer(checkpoints, cell.fingerprint(asked_config, f"{defense}-pretrain"))
+    x = to_nchw(cell.arrays["train_x"], dev)
+    model = create_model(**cell.model_kwargs)  # its head stays as initialised here, right after seeding
+    start = time.perf_counter()
+    with checkpointer.lock(), stopped_if_diverged(out):
+        backbone, info = pretrain_step(x, cell.new_model, cell.generator, cell.normalize(), data.info.hflip,
+                                       checkpointer, stop_after_epoch=stop_after_epoch)
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    assert not unexpected and set(missing) == head_parameter_names(model), (missing, unexpected)
+    record = {"dataset": data.info.name, "attack": cell.meta["attack"], "seed": seed, "device": str(dev),
+              "torch": torch.__version__, "python": platform.python_version(),
+              "wall_seconds": round(time.perf_counter() - start, 2), "model": cell.model_kwargs,
+              "environment": environment(dev), **info}
+    with atomic_dir(out) as tmp:
+        write_run_folder(tmp, asked_config, model, cell.model_kwargs, "pretrain.json", record)
+    checkpointer.clear()
+    print(f"pre-trained the {defense} backbone of {data.info.name}/{cell.meta['attack']} in {info['seconds']:.1f}s "
+          f"on {dev}: final loss {info['final_loss']:.4f} -> {out}")
+    return record
 
 
 def load_model(folder: Path, device: Any, memory_format: Any = None) -> tuple[Any, str]:
@@ -322,34 +364,6 @@ def load_model(folder: Path, device: Any, memory_format: Any = None) -> tuple[An
     return model, hashlib.sha256(data).hexdigest()
 
 
-# Which family each defense belongs to (default: scratch); a test checks it against the plug-ins' ``family``.
-DEFENSE_FAMILY = {"fp": "repair", "nad": "repair", "dbd": "selfsup"}
-
-FAMILIES = {
-    "scratch": "trained from scratch on the poisoned set (stage train)",
-    "repair": "repair the same cell's No-defense model (stage repair; needs 'none' in defenses.scratch)",
-    "selfsup": "start from a backbone pre-trained on the poisoned images without labels (stages pretrain, finetune)",
-}
-
-
-def defense_names(defenses: Any, source: str = "params.yaml") -> list[str]:
-    """The flat list of defenses of params.yaml's ``defenses`` mapping (family -> list of names)."""
-    if not isinstance(defenses, dict) or set(defenses) - set(FAMILIES):
-        raise UserError(f"{source}: 'defenses' must map the families {', '.join(FAMILIES)} to lists of names")
-    names = []
-    for family in FAMILIES:
-        listed = defenses.get(family) or []
-        if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
-            raise UserError(f"{source}: 'defenses.{family}' must be a list of names (or [])")
-        names += listed
-    return names
-
-
-def seed_folder(parent: Path, seed: int) -> Path:
-    """Where one seed's output of a stage lives inside the cell's folder: ``<parent>/s<seed>``."""
-    return Path(parent) / f"s{seed}"
-
-
 @gin.configurable(module="stages")
 def evaluate(clean: Path, poisoned: Path, runs: Path, defenses: list[str], seeds: list[int], out: Path,
              device: str = "auto", batch_size: int = 256, channels_last: bool = True) -> dict[str, Any]:
@@ -363,19 +377,23 @@ def evaluate(clean: Path, poisoned: Path, runs: Path, defenses: list[str], seeds
 
     from asd_repro.data import load_prepared
     from asd_repro.engine.augment import Normalize
+    from asd_repro.engine.device import resolve_device
+    from asd_repro.engine.evaluation import acc_asr, check_asr_labels
 
     data = load_prepared(clean)
-    dev = resolve_device(device)
+    dev = resolve_device(device, "stages.evaluate.device")
     norm = Normalize(data.info.mean, data.info.std, dev, channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    test_x, test_y = to_nchw(data.test.x, dev), torch.from_numpy(data.test.y).to(dev)
     results: dict[str, Any] = {}
     for seed in seeds:
         meta, arrays = load_poisoned(seed_folder(poisoned, seed))
+        check_asr_labels(arrays["test_y"], meta["target"])
+        bd_x, bd_y = to_nchw(arrays["test_x"], dev), torch.from_numpy(arrays["test_y"]).to(dev)
         for defense in defenses:
             run = seed_folder(Path(runs) / defense, seed)
             model, _ = load_model(run, dev, fmt)
-            metrics = asr_and_acc(model, data.test.x, data.test.y, arrays["test_x"], arrays["test_y"],
-                                  meta["target"], norm, dev, batch_size)
+            metrics = acc_asr(model, test_x, test_y, bd_x, bd_y, norm, batch_size)
             run_info = read_json(run / "run.json")
             entry = results.setdefault(defense, {
                 "dataset": data.info.name, "attack": meta["attack"], "defense": run_info["defense"],
@@ -389,82 +407,3 @@ def evaluate(clean: Path, poisoned: Path, runs: Path, defenses: list[str], seeds
         for defense, result in results.items():
             write_json(tmp / f"{defense}.json", result)
     return results
-
-
-def asr_and_acc(model, clean_x: np.ndarray, clean_y: np.ndarray, bd_x: np.ndarray, bd_y: np.ndarray, target: int,
-                normalize, device, batch_size: int = 1024) -> dict[str, Any]:
-    """Exact sample-weighted ACC (%) on clean images and ASR (%) on triggered non-target images."""
-    from asd_repro.engine.loop import predict_logits
-
-    if np.any(bd_y != target):
-        raise ValueError("the poisoned test set must be labelled with the target class")
-    pred = predict_logits(model, to_nchw(clean_x, device), normalize, batch_size).argmax(1).cpu().numpy()
-    bd_pred = predict_logits(model, to_nchw(bd_x, device), normalize, batch_size).argmax(1).cpu().numpy()
-    return {"acc": 100.0 * float(np.mean(pred == clean_y)) if len(clean_y) else None,
-            "asr": 100.0 * float(np.mean(bd_pred == target)) if len(bd_y) else None,
-            "n_clean": int(len(clean_y)), "n_asr": int(len(bd_y))}
-
-
-def seeds_of(params: dict[str, Any], source: str = "params.yaml") -> list[int]:
-    """params.yaml's ``seeds``: a non-empty list of distinct non-negative integers, each a full replicate."""
-    seeds = params.get("seeds")
-    if "seed" in params and seeds is None:
-        raise UserError(f"{source}: 'seed' is now 'seeds', a list (e.g. seeds: [100, 101, 102]); rename it")
-    if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                            and s >= 0 for s in seeds)):
-        raise UserError(f"{source}: 'seeds' must be a non-empty list of non-negative integers, got {seeds!r}")
-    if len(set(seeds)) != len(seeds):
-        raise UserError(f"{source}: 'seeds' lists a seed twice ({seeds}); list each once")
-    return seeds
-
-
-def check_params(params_file: Path, out: Path, gin_root: Path = Path("params")) -> None:
-    """Validate params.yaml before any stage runs: every name needs a plug-in and its gin files."""
-    import yaml
-
-    from asd_repro.registry import module_names
-
-    try:
-        p = yaml.safe_load(Path(params_file).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{params_file}: not found; run from the project root") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{params_file}: malformed YAML ({str(e).splitlines()[0]}); fix the syntax") from None
-    if not isinstance(p, dict):
-        raise UserError(f"{params_file}: expected a mapping with profile, seeds, datasets, attacks, defenses")
-    lists = {"datasets": p.get("datasets"), "attacks": p.get("attacks"),
-             "defenses": defense_names(p.get("defenses"), str(params_file))}
-    for key, kind, package in (("datasets", "dataset", "asd_repro.data"), ("attacks", "attack", "asd_repro.attacks"),
-                               ("defenses", "defense", "asd_repro.defenses")):
-        names = lists[key]
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise UserError(f"{params_file}: '{key}' must be a non-empty list of names")
-        known = [n for n in module_names(package) if (gin_root / key / f"{n}.gin").is_file()]
-        for n in names:
-            if n not in known:
-                raise UserError(f"{params_file}: unknown {kind} {n!r} in '{key}'; known: {', '.join(known)}")
-    profile = p.get("profile")
-    folder = gin_root / "profiles" / str(profile)
-    if not isinstance(profile, str) or not (folder / "common.gin").is_file():
-        known = sorted(f.parent.name for f in (gin_root / "profiles").glob("*/common.gin"))
-        raise UserError(f"{params_file}: unknown profile {profile!r}; known: {', '.join(known)}")
-    repair, selfsup = p["defenses"].get("repair") or [], p["defenses"].get("selfsup") or []
-    if repair and "none" not in (p["defenses"].get("scratch") or []):
-        raise UserError(f"{params_file}: defenses.repair ({', '.join(repair)}) repairs the No-defense model: "
-                        "add 'none' to defenses.scratch")
-    for family, names in p["defenses"].items():
-        for name in names or []:
-            expected = DEFENSE_FAMILY.get(name, "scratch")
-            if family != expected:
-                raise UserError(f"{params_file}: defense {name!r} belongs in defenses.{expected}, not "
-                                f"defenses.{family} ({FAMILIES[expected]})")
-    for name in selfsup:
-        for f in (gin_root / "defenses" / f"{name}_pretrain.gin", folder / f"{name}_pretrain.gin"):
-            if not f.is_file():
-                raise UserError(f"{f}: missing; the pretrain stage of {name!r} reads it (it may hold only a comment)")
-    for part in ["attacks"] + lists["defenses"]:
-        if not (folder / f"{part}.gin").is_file():
-            raise UserError(f"{folder / (part + '.gin')}: missing; profile {profile!r} needs a file for every "
-                            "defense in params.yaml (and attacks.gin), even one with only a comment")
-    seeds_of(p, str(params_file))
-    write_text_atomic(out, "params.yaml is valid\n")

@@ -59,7 +59,7 @@ def main() -> int:
     for name, code in ROWS:
         times = [timed(code) for _ in range(args.repeat)]
         print(f"{name:52s} {statistics.median(times):9.2f} {min(times):7.2f}")
-    print(f"\nslowest top-level imports of a train stage (cumulative s, one run of python -X importtime):")
+    print("\nslowest top-level imports of a train stage (cumulative s, one run of python -X importtime):")
     for seconds, module in slowest_modules(TRAIN, args.top):
         print(f"  {module:40s} {seconds:6.2f}")
     return 0

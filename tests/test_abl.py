@@ -18,7 +18,7 @@ from asd_repro.defenses.abl import ABL, isolate, lga_loss, negated_ce
 from asd_repro.engine.loop import predict_logits
 from asd_repro.errors import UserError
 
-from conftest import configure, defense_from, tiny_context, tiny_data, tiny_model, tiny_prepared
+from conftest import configure, defense_from, tiny_context, tiny_model, tiny_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params"

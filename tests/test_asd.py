@@ -1,9 +1,8 @@
-"""ASD and its parts: the SCE split loss, the three splits, the meta-split's virtual model, MixMatch, the gin
-values against the reference code's, and an exact resume, all on hand-made inputs."""
+"""ASD and its parts: the three splits, the meta-split's virtual model, the gin values against the reference code's,
+and an exact resume, all on hand-made inputs (its engine pieces: test_losses.py, test_mixmatch.py)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,11 +11,9 @@ import pytest
 import torch
 
 from asd_repro.defenses import Interrupted, asd
-from asd_repro.defenses.asd import ASD, class_aware_split, lowest_fraction, stage1_k, train_virtual_model
+from asd_repro.defenses.asd import ASD, class_aware_split, stage1_k, train_virtual_model
 from asd_repro.engine.augment import Augment, Normalize
-from asd_repro.engine.losses import sce, sce_per_sample
-from asd_repro.engine.mixmatch import (interleave, interleave_offsets, mixmatch_epoch, mixmatch_loss, mixup,
-                                       mixup_lambda, ramped_lambda_u, sample_beta, sharpen)
+from asd_repro.engine.split import lowest_fraction
 
 from conftest import defense_from, tiny_context, tiny_data, tiny_model
 
@@ -32,26 +29,6 @@ REFERENCE = {
     "mixmatch": {"iterations": 1024, "batch_size": 64, "K": 2, "T": 0.5, "alpha": 0.75, "lambda_u": 15.0,
                  "rampup": 120},
 }
-
-
-# --- symmetric cross entropy ---------------------------------------------------------------------------------------
-
-
-def test_sce_matches_a_hand_computation():
-    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]]))
-    targets = torch.tensor([0, 1])
-    # CE = -log p_y; RCE = -log(1e-4) * (1 - p_y); SCE = 0.1 CE + 1.0 RCE
-    expected = [0.1 * math.log(2) + math.log(1e4) * 0.5, 0.1 * math.log(4) + math.log(1e4) * 0.75]
-    np.testing.assert_allclose(sce_per_sample(logits, targets).numpy(), expected, rtol=1e-6)
-    assert sce(logits, targets).item() == pytest.approx(sum(expected) / 2, rel=1e-6)
-    weighted = sce_per_sample(logits, targets, ce_weight=1.0, rce_weight=0.0)
-    np.testing.assert_allclose(weighted.numpy(), [math.log(2), math.log(4)], rtol=1e-6)
-
-
-def test_sce_clamps_tiny_probabilities_at_1e_minus_7():
-    # p = (1, e^-100, e^-100): without the clamp RCE would be ~0; with it each wrong class counts 1e-7.
-    value = sce_per_sample(torch.tensor([[100.0, 0.0, 0.0]]), torch.tensor([0])).item()
-    assert value == pytest.approx(math.log(1e4) * 2e-7, rel=1e-3)
 
 
 # --- the three splits ----------------------------------------------------------------------------------------------
@@ -106,75 +83,6 @@ def test_meta_split_keeps_the_gamma_fraction_with_the_smallest_loss_reduction(mo
     ctx = SimpleNamespace(train_x=None, train_y=None, augment=None, normalize=None, generator=None)
     assert defense.meta_split("model", ctx, before).tolist() == [1, 2, 5]
     assert seen == ["virtual model"]  # the "after" losses come from the virtual model
-
-
-# --- MixMatch ------------------------------------------------------------------------------------------------------
-
-
-def test_sharpen_raises_to_one_over_t_and_renormalises():
-    out = sharpen(torch.tensor([[0.6, 0.4], [0.5, 0.5]]), T=0.5)
-    np.testing.assert_allclose(out.numpy(), [[0.36 / 0.52, 0.16 / 0.52], [0.5, 0.5]], rtol=1e-6)
-
-
-def test_mixup_mixes_inputs_and_targets_with_the_permuted_partners():
-    inputs = torch.tensor([[1.0], [3.0], [10.0]])
-    targets = torch.eye(3)
-    mixed_in, mixed_target = mixup(inputs, targets, 0.7, torch.tensor([1, 2, 0]))
-    np.testing.assert_allclose(mixed_in.numpy().ravel(), [0.7 * 1 + 0.3 * 3, 0.7 * 3 + 0.3 * 10, 0.7 * 10 + 0.3 * 1])
-    np.testing.assert_allclose(mixed_target.numpy(), [[0.7, 0.3, 0], [0, 0.7, 0.3], [0.3, 0, 0.7]], rtol=1e-6)
-
-
-def test_mixup_lambda_is_the_larger_side_of_a_beta_draw_from_the_generator():
-    g = torch.Generator().manual_seed(1)
-    for _ in range(20):
-        raw = sample_beta(0.75, torch.Generator().set_state(g.get_state()))
-        assert mixup_lambda(0.75, g) == max(raw, 1 - raw) >= 0.5
-    draws = np.array([sample_beta(0.75, g) for _ in range(4000)])
-    # Beta(0.75, 0.75): mean 1/2, variance a^2 / ((2a)^2 (2a + 1)) = 0.1
-    assert draws.mean() == pytest.approx(0.5, abs=0.02) and draws.var() == pytest.approx(0.1, abs=0.01)
-
-
-def test_lambda_u_ramps_linearly_over_rampup_epochs_then_stays():
-    assert [ramped_lambda_u(p, 15, 120) for p in (0, 30, 60, 120, 500)] == [0.0, 3.75, 7.5, 15.0, 15.0]
-    assert ramped_lambda_u(3.0, 15, 0) == 15.0
-
-
-def test_mixmatch_loss_is_soft_cross_entropy_plus_mean_squared_error():
-    x_logits, x_targets = torch.log(torch.tensor([[0.5, 0.5]])), torch.tensor([[0.8, 0.2]])
-    u_logits, u_targets = torch.log(torch.tensor([[0.75, 0.25]])), torch.tensor([[1.0, 0.0]])
-    lx, lu = mixmatch_loss(x_logits, x_targets, u_logits, u_targets)
-    assert lx.item() == pytest.approx(math.log(2), rel=1e-6)
-    assert lu.item() == pytest.approx((0.25 ** 2 + 0.25 ** 2) / 2, rel=1e-6)
-
-
-@pytest.mark.parametrize("chunks,batch", [(3, 64), (4, 10), (3, 5)])
-def test_interleave_is_a_permutation_that_round_trips(chunks, batch):
-    xs = list(torch.arange(chunks * batch).view(chunks, batch))
-    mixed = interleave(xs, batch)
-    assert sorted(torch.cat(mixed).tolist()) == list(range(chunks * batch))
-    for a, b in zip(interleave(mixed, batch), xs):
-        assert torch.equal(a, b)
-    # every forward batch now holds a slice of the labelled chunk 0 and of the unlabelled ones
-    for i, m in enumerate(mixed):
-        assert any(v < batch for v in m.tolist()) and (i > 0 or any(v >= batch for v in m.tolist()))
-
-
-def test_interleave_offsets_of_the_reference_batch():
-    assert interleave_offsets(64, 2) == [0, 21, 42, 64]
-
-
-def test_mixmatch_epoch_never_reads_unlabelled_labels_and_ramps_lambda_u_within_the_epoch():
-    torch.manual_seed(0)
-    x, y, _ = tiny_data()
-    y = y.clone()
-    y[24:] = -1  # one_hot would fail on these: the unlabelled pool's labels must not be read
-    model = tiny_model()
-    start = [p.clone() for p in model.parameters()]
-    stats = mixmatch_epoch(model, torch.optim.Adam(model.parameters(), 0.002), x, y, torch.arange(24),
-                           torch.arange(24, 48), Augment(1, "reflect", True), Normalize((0.2,), (0.3,), "cpu"),
-                           torch.Generator().manual_seed(0), 3, epoch=3, iterations=4, batch_size=8, rampup=12)
-    assert stats["lambda_u"] == pytest.approx(np.mean([15 * (3 + i / 4) / 12 for i in range(4)]))
-    assert all(not torch.equal(a, b) for a, b in zip(start, model.parameters()))
 
 
 # --- gin values ----------------------------------------------------------------------------------------------------

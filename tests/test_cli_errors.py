@@ -3,7 +3,6 @@
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from asd_repro.cli import main
@@ -46,7 +45,7 @@ def test_profile_without_a_file_for_a_defense(tmp_path, capsys, repo_cwd):
     (tmp_path / "params" / "profiles" / "mini" / "common.gin").write_text("# empty\n")
     (tmp_path / "params" / "profiles" / "mini" / "attacks.gin").write_text("# empty\n")
     from asd_repro.errors import UserError
-    from asd_repro.stages import check_params
+    from asd_repro.matrix import check_params
 
     with pytest.raises(UserError, match=r"profiles/mini/none\.gin: missing"):
         check_params(params, tmp_path / "ok", gin_root=tmp_path / "params")

@@ -18,12 +18,25 @@ def test_comment_only_edit_leaves_asked_config_unchanged(tmp_path):
     assert asked_config([f], ["defenses.NoDefense.epochs = 2"]) != before
 
 
-def test_defense_families_name_real_plug_ins_and_need_their_upstream():
-    from asd_repro.registry import module_names
-    from asd_repro.stages import DEFENSE_FAMILY, FAMILIES
+def test_every_defense_declares_its_family_at_registration_and_params_yaml_agrees():
+    import yaml
 
-    assert set(DEFENSE_FAMILY) <= set(module_names("asd_repro.defenses"))
-    assert set(DEFENSE_FAMILY.values()) <= set(FAMILIES) - {"scratch"}
+    import pytest
+
+    from asd_repro.defenses import DEFENSES, register_defense
+    from asd_repro.matrix import FAMILIES
+    from asd_repro.registry import module_names
+
+    assert DEFENSES.names() == module_names("asd_repro.defenses")
+    declared = {name: DEFENSES.meta(name)["family"] for name in DEFENSES.names()}
+    assert declared == {"none": "scratch", "abl": "scratch", "asd": "scratch", "fp": "repair", "nad": "repair",
+                        "dbd": "selfsup"}
+    assert [n for n in DEFENSES.names() if DEFENSES.meta(n)["pretrain"] is not None] == ["dbd"]
+    listed = yaml.safe_load(open("params.yaml"))["defenses"]
+    assert {name: family for family, names in listed.items() for name in names} == declared
+    assert set(declared.values()) <= set(FAMILIES)
+    with pytest.raises(ValueError, match="family"):
+        register_defense("x", family="selfsup")  # a self-supervised defense without its pre-training step
 
 
 def test_a_post_training_defense_without_upstream_says_how_to_give_one():

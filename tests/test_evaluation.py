@@ -1,4 +1,5 @@
-"""ACC and ASR are exact, sample-weighted, and the ASR set excludes the target class."""
+"""engine.evaluation: ACC and ASR are exact, sample-weighted, the ASR set excludes the target class, and an empty set
+has no value."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,13 @@ import torch
 
 from asd_repro.attacks.badnets import BadNets
 from asd_repro.engine.augment import Normalize
-from asd_repro.stages import asr_and_acc
+from asd_repro.engine.evaluation import acc_asr, check_asr_labels
+
+NORM = Normalize((0.0,), (1.0,), torch.device("cpu"))
+
+
+def nchw(a):
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
 
 
 class Oracle(torch.nn.Module):
@@ -35,7 +42,8 @@ def test_asr_excludes_target_class_and_acc_is_sample_weighted():
     atk.patch = np.array([[[255]]], np.uint8)
     bx, by, idx = atk.poison_test(x, y)
     bx[0, 0, 0, 0] = 0  # one triggered image that fails to trigger
-    m = asr_and_acc(Oracle(3), x, y, bx, by, 3, Normalize((0.0,), (1.0,), torch.device("cpu")), torch.device("cpu"))
+    check_asr_labels(by, 3)
+    m = acc_asr(Oracle(3), nchw(x), torch.from_numpy(y), nchw(bx), torch.from_numpy(by), NORM)
     assert m["n_asr"] == 4 and m["n_clean"] == 7
     assert m["asr"] == pytest.approx(75.0)
     assert m["acc"] == pytest.approx(100 * 6 / 7)
@@ -43,5 +51,10 @@ def test_asr_excludes_target_class_and_acc_is_sample_weighted():
 
 def test_asr_set_must_be_labelled_target():
     with pytest.raises(ValueError, match="target"):
-        asr_and_acc(Oracle(3), np.zeros((1, 2, 2, 1), np.uint8), np.zeros(1), np.zeros((1, 2, 2, 1), np.uint8),
-                    np.array([1]), 3, Normalize((0.0,), (1.0,), torch.device("cpu")), torch.device("cpu"))
+        check_asr_labels(np.array([3, 1]), 3)
+
+
+def test_an_empty_set_has_no_value_not_zero():
+    x = torch.zeros((2, 1, 4, 4), dtype=torch.uint8)
+    m = acc_asr(Oracle(3), x, torch.zeros(2, dtype=torch.long), x[:0], torch.zeros(0, dtype=torch.long), NORM)
+    assert m["acc"] == 100.0 and m["asr"] is None and m["n_asr"] == 0

@@ -1,5 +1,6 @@
 """The pipeline's code deps, on a copy of the project without any data: editing the shared plumbing (cli.py)
-makes every stage that runs it stale, and editing the report package makes only the table stage stale."""
+makes every stage stale, editing the report package only the table stage, and editing ASD's plug-in only the stages
+that import it."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_editing_cli_stales_its_stages_and_editing_report_only_the_table(tmp_pat
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     runs_cli = {name for name, stage in lock["stages"].items()
                 if any(d["path"] == "asd_repro/cli.py" for d in stage.get("deps", []))}
-    assert len(runs_cli) == len(lock["stages"]) - 1, "every stage but check runs the CLI and declares it"
+    assert runs_cli == set(lock["stages"]), "every stage runs the CLI and declares it"
     before = _stale(root, lock)  # empty on a clean checkout; whatever a work in progress made stale otherwise
 
     cli = root / "asd_repro" / "cli.py"
@@ -67,3 +68,16 @@ def test_a_binding_for_one_defense_stales_only_that_defenses_stages(tmp_path, dv
     asd = {name for name in lock["stages"] if name.startswith("train@") and "-asd-" in name}
     assert len(asd) == 18  # 6 attacks x 3 seeds
     assert _stale(root, lock) - before == asd - before
+
+
+@pytest.mark.slow
+def test_editing_one_defense_plug_in_stales_only_that_defenses_training_stages(tmp_path, dvc_on_path):
+    root = _copy_project(tmp_path / "project")
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    before = _stale(root, lock)
+    asd = root / "asd_repro" / "defenses" / "asd.py"
+    asd.write_text(asd.read_text() + "\n# an edit\n")
+    trains = {name for name in lock["stages"] if name.startswith("train@") and "-asd-" in name}
+    assert len(trains) == 18  # 6 attacks x 3 seeds
+    # check reads every defense's declared family, and the table parses gin with every plug-in registered
+    assert _stale(root, lock) - before == (trains | {"check", "table"}) - before

@@ -1,4 +1,5 @@
-"""A real `dvc repro` of the smoke profile in a temporary copy of the repo, then a gin change."""
+"""A real run of the smoke pipeline in a temporary copy of the repo (`asd-repro repro -j 2`, DVC's stages side by
+side), then DVC experiments and gin changes that re-run exactly the stages they touch."""
 
 import os
 import re
@@ -20,6 +21,13 @@ def _run(cmd, cwd):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _repro(work):
+    """`asd-repro repro -j 2` in ``work``: the result and the stages DVC ran (not those it found unchanged)."""
+    run = _run(["asd-repro", "repro", "-j", "2"], work)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run, set(re.findall(r"\] (\S+) done in", run.stdout))
+
+
 @pytest.mark.slow
 def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
     work = tmp_path / "repo"
@@ -30,13 +38,15 @@ def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
          else shutil.copy(src, work / name))
     params = yaml.safe_load((work / "params.yaml").read_text())
     params.update(profile="smoke", datasets=["mnist5k"], attacks=["badnets", "blend"], seeds=[100],
-                  defenses={"scratch": ["none"], "repair": ["fp"], "selfsup": ["dbd"]})
+                  defenses={"scratch": ["none", "asd"], "repair": ["fp"], "selfsup": ["dbd"]})
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     assert _run(["git", "init", "-q"], work).returncode == 0
     assert _run(["dvc", "init", "-q"], work).returncode == 0
 
-    first = _run(["dvc", "repro"], work)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    first, ran = _repro(work)
+    assert "19 stage(s) to run, 2 at a time" in first.stdout and len(ran) == 19, first.stdout
+    assert _run(["dvc", "status", "-q"], work).returncode == 0, "dvc.lock records every stage the runner ran"
+    assert "up to date" in _run(["asd-repro", "repro"], work).stdout
     table = (work / "results" / "smoke" / "table.md").read_text()
     assert re.search(r"\| mnist5k\s+\| BadNets\s+\| \d+\.\d", table) and "| Blend" in table
     for attack in ("badnets", "blend"):
@@ -48,14 +58,22 @@ def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
     for figure in ("acc_vs_asr.png", "asd_pool_purity.png", "curves.png"):
         assert (work / "results" / "smoke" / figure).read_bytes().startswith(b"\x89PNG")
 
+    # A DVC experiment on one defense's binding re-runs that defense's training stages only (and evaluate, table).
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    assert _run(["git", "add", "-A"], work).returncode == 0 and _run([*git, "commit", "-qm", "run"], work).returncode == 0
+    exp = _run(["dvc", "exp", "run", "-S", 'bindings.asd=["defenses.ASD.gamma = 0.3"]'], work)
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-3000:]
+    ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout))
+    assert ran - {"table"} == {"train@mnist5k-badnets-asd-100", "train@mnist5k-blend-asd-100",
+                               "evaluate@mnist5k-badnets", "evaluate@mnist5k-blend"}, ran
+    assert "ASD.gamma = 0.3" in (work / "runs" / "smoke" / "mnist5k" / "blend" / "asd" / "s100" / "config.gin").read_text()
+
     # A changed train-only gin value (what `dvc exp run -S bindings.train=[...]` does) re-runs only train and after.
     params["bindings"]["train"] = ["engine.make_optimizer.lr = 0.02"]
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    second = _run(["dvc", "repro"], work)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    ran = set(re.findall(r"Running stage '([^']+)'", second.stdout))
+    second, ran = _repro(work)
     cells = {f"{family}@mnist5k-{a}-{f}-100" for a in ("badnets", "blend")
-             for family, f in (("train", "none"), ("repair", "fp"), ("finetune", "dbd"))}
+             for family, f in (("train", "none"), ("train", "asd"), ("repair", "fp"), ("finetune", "dbd"))}
     assert ran == cells | {"evaluate@mnist5k-badnets", "evaluate@mnist5k-blend", "table"}, ran  # no pretrain
     assert "make_optimizer.lr = 0.02" in (
         work / "runs" / "smoke" / "mnist5k" / "badnets" / "none" / "s100" / "operative_config.gin").read_text()
@@ -63,33 +81,28 @@ def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
     # Editing one attack's gin file re-runs that attack's branch only.
     blend = work / "params" / "attacks" / "blend.gin"
     blend.write_text(blend.read_text().replace("attacks.Blend.alpha = 0.1", "attacks.Blend.alpha = 0.2"))
-    third = _run(["dvc", "repro"], work)
-    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
-    ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
+    third, ran = _repro(work)
     # (table re-runs only if the new metrics differ: DVC compares hashes, not timestamps)
     assert ran - {"table"} == {"assets@mnist5k-blend-100", "poison@mnist5k-blend-100", "train@mnist5k-blend-none-100",
-                               "repair@mnist5k-blend-fp-100", "pretrain@mnist5k-blend-dbd-100",
+                               "train@mnist5k-blend-asd-100", "repair@mnist5k-blend-fp-100",
+                               "pretrain@mnist5k-blend-dbd-100",
                                "finetune@mnist5k-blend-dbd-100", "evaluate@mnist5k-blend"}, ran
 
     # Editing a defense's gin file re-runs no attack stage (assets and poisoned sets are cached).
     none = work / "params" / "defenses" / "none.gin"
     none.write_text(none.read_text() + "defenses.NoDefense.batch_size = 200\n")
-    fourth = _run(["dvc", "repro"], work)
-    assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
-    ran = set(re.findall(r"Running stage '([^']+)'", fourth.stdout))
+    fourth, ran = _repro(work)
     assert {"train@mnist5k-badnets-none-100", "train@mnist5k-blend-none-100"} <= ran
     assert not any(s.startswith(("prepare", "assets", "poison", "pretrain")) for s in ran), ran
 
     # A second seed runs only that seed's stages (and evaluate, table): seeds are an axis of the matrix.
     params["seeds"] = [100, 101]
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    fifth = _run(["dvc", "repro"], work)
-    assert fifth.returncode == 0, fifth.stdout[-3000:] + fifth.stderr[-3000:]
-    ran = set(re.findall(r"Running stage '([^']+)'", fifth.stdout))
+    fifth, ran = _repro(work)
     assert ran - {"check", "table", "evaluate@mnist5k-badnets", "evaluate@mnist5k-blend"} == {
         f"{family}@mnist5k-{a}{f}-101" for a in ("badnets", "blend")
-        for family, f in (("assets", ""), ("poison", ""), ("train", "-none"), ("repair", "-fp"), ("pretrain", "-dbd"),
-                          ("finetune", "-dbd"))}, ran
+        for family, f in (("assets", ""), ("poison", ""), ("train", "-none"), ("train", "-asd"), ("repair", "-fp"),
+                          ("pretrain", "-dbd"), ("finetune", "-dbd"))}, ran
     long = (work / "results" / "smoke" / "table.csv").read_text().splitlines()
-    assert len(long) == 1 + 2 * 3 * 2, "one row per attack, defense and seed"
+    assert len(long) == 1 + 2 * 4 * 2, "one row per attack, defense and seed"
     assert "± " in (work / "results" / "smoke" / "table.md").read_text()

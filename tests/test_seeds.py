@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from asd_repro.errors import UserError
-from asd_repro.stages import seed_folder, seeds_of
+from asd_repro.matrix import seed_folder, seeds_of
 
 
 def test_seeds_are_a_list_of_distinct_non_negative_integers():

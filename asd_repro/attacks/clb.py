@@ -21,7 +21,7 @@ import gin
 import numpy as np
 
 from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_number, register_attack, scaled
-from asd_repro.attacks.iab import torch_threads
+from asd_repro.engine.device import cpu_threads
 from asd_repro.errors import StepLosses, UserError
 
 # The paper's top-left corner pattern (+1 white, -1 black).
@@ -117,7 +117,7 @@ class CLB(Attack):
         side = min(x.shape[1:3])
         self.require("trigger_size", self.trigger_size, self.trigger_size is None or 2 * self.trigger_size <= side,
                      f"None or at most {side // 2} px, so that two corner patterns fit a {side}-px side")
-        with torch_threads(self.threads):
+        with cpu_threads(self.threads):
             self._train(x, y, rng)
 
     def _train(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
@@ -128,7 +128,7 @@ class CLB(Attack):
         from asd_repro.engine.augment import Augment
         from asd_repro.engine.loop import index_batches
         from asd_repro.models import create_model
-        from asd_repro.stages import resolve_device
+        from asd_repro.engine.device import resolve_device
 
         n, h, w, c = x.shape
         self.trigger = four_corner_trigger(h, w, c, self.amplitude, self.trigger_size)
@@ -138,7 +138,7 @@ class CLB(Attack):
             use = np.sort(rng.choice(n, self.subset, replace=False))
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        dev = resolve_device(self.device)
+        dev = resolve_device(self.device, "attacks.CLB.device")
         images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
         labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
         mean = images.float().mean(dim=(0, 2, 3), keepdim=True)

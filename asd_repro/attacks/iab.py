@@ -14,28 +14,15 @@ the target label, cross samples (outside the ``poison`` mask) keep theirs, as in
 
 from __future__ import annotations
 
-import contextlib
 
 import gin
 import numpy as np
 
 from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_number, register_attack, scaled
+from asd_repro.engine.device import cpu_threads
 from asd_repro.errors import StepLosses
 
 EPSILON = 1e-7  # keeps the diversity ratio finite (the paper's value)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Run a block on ``n`` CPU threads (None: leave torch's setting), restoring the setting afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n or before)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def milestone_epochs(fractions: tuple[float, ...], epochs: int) -> list[int]:
@@ -217,10 +204,10 @@ class IAB(Attack):
     def _apply_pairs(self, x: np.ndarray, source: np.ndarray, batch_size: int = 512) -> np.ndarray:
         import torch
 
-        from asd_repro.stages import resolve_device
+        from asd_repro.engine.device import resolve_device
 
         assert self.g is not None, "fit() or load_state() first"
-        dev = resolve_device(self.device)
+        dev = resolve_device(self.device, "attacks.IAB.device")
         self.g.to(dev).eval()
         self.m.to(dev).eval()
 
@@ -228,7 +215,7 @@ class IAB(Attack):
             return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(dev).float() / 255
 
         out = []
-        with torch_threads(self.threads), torch.inference_mode():
+        with cpu_threads(self.threads), torch.inference_mode():
             for i in range(0, len(x), batch_size):
                 bd, _, _ = self._triggered(unit(x[i:i + batch_size]), unit(source[i:i + batch_size]))
                 out.append((bd * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
@@ -264,7 +251,7 @@ class IAB(Attack):
     # ----- training g and m -----
     def fit(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
         self.check_target(y)
-        with torch_threads(self.threads):
+        with cpu_threads(self.threads):
             self._train(x, y, rng)
 
     def _train(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
@@ -273,7 +260,7 @@ class IAB(Attack):
 
         from asd_repro.engine.augment import Augment
         from asd_repro.models import create_model
-        from asd_repro.stages import resolve_device
+        from asd_repro.engine.device import resolve_device
 
         seed = int(rng.integers(2**31 - 1))
         if self.subset is not None and self.subset < len(x):
@@ -282,7 +269,7 @@ class IAB(Attack):
         n, h, w, c = x.shape
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        dev = resolve_device(self.device)
+        dev = resolve_device(self.device, "attacks.IAB.device")
         self._build(c, self.width or (16 if c == 1 else 32), self.depth or (2 if c == 1 else 3))
         g, m = self.g.to(dev), self.m.to(dev)
         images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)

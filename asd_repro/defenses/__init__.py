@@ -1,8 +1,10 @@
 """Training-time defenses: each trains a model on the poisoned set its own way.
 
-A defense plug-in is one file here plus one gin file in ``params/defenses/``. It receives a
-``Context`` (data on the training device, a model factory, augmentation, checkpointing, logging)
-and returns the final model. Ground-truth poison flags are in the context for diagnostics only.
+A defense plug-in is one file here plus one gin file in ``params/defenses/``, registered with
+``@register_defense(name, family=...)`` (how the pipeline trains it). It receives a ``Context`` (data on the
+training device, a model factory, augmentation, checkpointing, the curves) and returns the final model; each of its
+phases is ``ctx.run_phase(name, epochs, epoch_body, model, optimizer, schedule)``, the engine's one resumable loop.
+Ground-truth poison flags are in the context for diagnostics only.
 """
 
 from __future__ import annotations
@@ -16,16 +18,28 @@ import torch
 
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.checkpoint import Checkpointer
-from asd_repro.engine.loop import Resumable, accuracy
+from asd_repro.engine.evaluation import acc_asr
+from asd_repro.engine.loop import Interrupted, run_epochs  # noqa: F401 (Interrupted: re-exported)
 from asd_repro.errors import UserError
+from asd_repro.matrix import FAMILIES
 from asd_repro.registry import Registry
 
 DEFENSES = Registry("defense", "asd_repro.defenses")
-register_defense = DEFENSES.register
 
 
-class Interrupted(KeyboardInterrupt):
-    """Raised by ``Context.end_epoch`` when a test asks the run to stop after an epoch."""
+def register_defense(name: str, family: str = "scratch", pretrain: Callable[..., Any] | None = None):
+    """Register a defense plug-in under ``name``, declaring how the pipeline trains it.
+
+    Args:
+        family: a key of ``matrix.FAMILIES``: 'scratch' (trained from scratch on the poisoned set), 'repair' (starts
+            from the cell's No-defense model) or 'selfsup' (starts from a backbone pre-trained without labels).
+        pretrain: for 'selfsup', the pre-training step the ``pretrain`` stage runs (``stages.pretrain`` documents
+            its signature).
+    """
+    if family not in FAMILIES or (family == "selfsup") != (pretrain is not None):
+        raise ValueError(f"defense {name!r}: family must be one of {', '.join(FAMILIES)}, with a pretrain step "
+                         f"exactly for 'selfsup' (got {family!r}, pretrain={pretrain!r})")
+    return DEFENSES.register(name, family=family, pretrain=pretrain)
 
 
 @dataclass
@@ -51,10 +65,10 @@ class Context:
     eval_every: int = 1  # test ACC/ASR in the curves every this many epochs, and after the last (diagnostics only)
     curves: list[dict[str, Any]] = field(default_factory=list)
 
-    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        c, n = accuracy(model, self.test_x, self.test_y, self.normalize, self.eval_batch_size)
-        pc, pn = accuracy(model, self.bd_x, self.bd_y, self.normalize, self.eval_batch_size)
-        return {"acc": 100.0 * c / max(n, 1), "asr": 100.0 * pc / max(pn, 1)}
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float | None]:
+        """Test ACC and ASR (%) of ``model`` (``engine.evaluation.acc_asr``)."""
+        metrics = acc_asr(model, self.test_x, self.test_y, self.bd_x, self.bd_y, self.normalize, self.eval_batch_size)
+        return {"acc": metrics["acc"], "asr": metrics["asr"]}
 
     def end_epoch(self, record: dict[str, Any], model: torch.nn.Module, epochs_done: int,
                   total: int) -> dict[str, Any]:
@@ -87,22 +101,27 @@ class Context:
         fields = list(dict.fromkeys(key for record in self.curves for key in record))
         return [{key: record.get(key) for key in fields} for record in self.curves]
 
-    def resumable(self, phase: str, **objects: Any) -> Resumable:
-        """A ``Resumable`` with its own checkpoint file for ``phase``, for defenses with several phases.
+    def run_phase(self, phase: str, epochs: int, body: Callable[[int], dict[str, Any]], model: torch.nn.Module,
+                  optimizer: torch.optim.Optimizer | None = None, schedule: Any = None,
+                  checkpoint: str | None = None, first_epoch: int = 0, total: int | None = None) -> None:
+        """Train ``model`` for one phase of ``epochs`` epochs, ``body(epoch)`` each (``engine.loop.run_epochs``).
 
-        A finished phase keeps its last checkpoint until the run ends, so a run killed in a later phase
-        restores the finished one's objects and skips its epochs (``resume`` returns its total).
+        Each epoch's record gets test ACC/ASR and the pools (``end_epoch``) and joins the curves; the model, the
+        optimiser and the schedule are checkpointed with every RNG state, so a killed run resumes bit-identically.
+
+        Args:
+            checkpoint: the phase's own checkpoint file, for defenses with several phases (a finished phase keeps
+                its checkpoint until the run ends, so a run killed in a later phase skips it); None: the run's one.
+            first_epoch: epochs of the earlier phases, so that the curves count epochs across phases.
+            total: epochs of the whole run (the progress line and the last evaluation); defaults to this phase's end.
         """
-        return Resumable(self.checkpointer.phase(phase), self.generator, **objects)
-
-    def resume(self, state: Resumable, phase: str, total: int) -> int:
-        """Restore ``state`` and the curves from the last checkpoint; return the first epoch to run."""
-        restored = state.restore(needs=("epoch", "curves"))
-        if restored is None:
-            return 0
-        self.curves[:] = restored["curves"]
-        print(f"resuming {phase} from epoch {restored['epoch']}/{total}", flush=True)
-        return restored["epoch"]
+        total = first_epoch + epochs if total is None else total
+        objects = {"model": model, "optimizer": optimizer, "schedule": schedule}
+        run_epochs(phase, epochs, body, generator=self.generator, records=self.curves, optimizer=optimizer,
+                   schedule=schedule, first_epoch=first_epoch, stop_after_epoch=self.stop_after_epoch,
+                   checkpointer=self.checkpointer if checkpoint is None else self.checkpointer.phase(checkpoint),
+                   objects={k: v for k, v in objects.items() if v is not None},
+                   end_epoch=lambda record, done: self.end_epoch(record, model, done, total))
 
     def upstream_model(self) -> torch.nn.Module:
         """A fresh copy of the upstream model (e.g. the No-defense model FP and NAD repair)."""
@@ -111,10 +130,6 @@ class Context:
         import copy
 
         return copy.deepcopy(self.upstream)
-
-    def maybe_interrupt(self, epochs_done: int) -> None:
-        if self.stop_after_epoch is not None and epochs_done >= self.stop_after_epoch:
-            raise Interrupted(f"stopped after epoch {epochs_done} (test hook)")
 
     def clean_indices(self, per_class: int, rng: np.random.Generator) -> np.ndarray:
         """``per_class`` random CLEAN training samples of each class (the defender's clean data).

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from asd_repro.defenses import Context, Timer
+from asd_repro.defenses import Context
 from asd_repro.engine.loop import train_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
 from asd_repro.errors import UserError
@@ -79,26 +79,14 @@ def clean_epoch(ctx: Context, model: torch.nn.Module, clean: CleanData, batch_si
 def training_phase(ctx: Context, phase: str, model: torch.nn.Module, sgd: SGD, epochs: int, clean: CleanData,
                    run_epoch: Callable[[torch.optim.Optimizer], dict[str, float]], first_epoch: int = 0,
                    total_epochs: int | None = None) -> torch.nn.Module:
-    """``epochs`` resumable epochs of ``run_epoch(optimizer)`` on ``model``, one curve record each.
+    """``epochs`` resumable epochs of ``run_epoch(optimizer)`` on ``model`` with ``sgd``, one curve record each.
 
     Args:
         first_epoch: epochs of the run's earlier phases, so that records count epochs across phases.
         total_epochs: epochs of the whole run (for the progress line); defaults to this phase's.
     """
-    total = first_epoch + epochs if total_epochs is None else total_epochs
     optimizer, schedule = sgd.build(model, epochs)
-    state = ctx.resumable(phase, model=model, optimizer=optimizer, schedule=schedule)
-    start = ctx.resume(state, phase, epochs)
-    for epoch in range(start, epochs):
-        timer = Timer()
-        lr = optimizer.param_groups[0]["lr"]
-        stats = run_epoch(optimizer)
-        schedule.step()
-        done = first_epoch + epoch + 1
-        record = {"epoch": done, "phase": phase, "clean_pool": len(clean.indices),
-                  "poisoned_in_clean_pool": int(ctx.poison[clean.indices].sum()), "lr": lr, **stats,
-                  "seconds": timer.lap()}
-        ctx.end_epoch(record, model, done, total)
-        state.save(epoch=epoch + 1, curves=ctx.curves)
-        ctx.maybe_interrupt(done)
+    pools = {"clean_pool": len(clean.indices), "poisoned_in_clean_pool": int(ctx.poison[clean.indices].sum())}
+    ctx.run_phase(phase, epochs, lambda epoch: {**pools, **run_epoch(optimizer)}, model, optimizer, schedule,
+                  checkpoint=phase, first_epoch=first_epoch, total=total_epochs)
     return model

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from asd_repro.defenses import Context, Defense, Timer, register_defense
-from asd_repro.defenses.asd import lowest_fraction
+from asd_repro.defenses import Context, Defense, register_defense
 from asd_repro.engine.augment import Augment
 from asd_repro.engine.loop import predict_logits, train_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
+from asd_repro.engine.split import lowest_fraction
 from asd_repro.errors import UserError, check_types
 
 
@@ -131,24 +131,15 @@ class ABL(Defense):
         optimizer = make_optimizer(model.parameters(), lr=lr, **self.sgd)
         lr_schedule = make_schedule(optimizer, epochs, name=schedule, milestones=self.finetune_milestones,
                                     gamma=self.finetune_decay)
-        state = ctx.resumable(phase, model=model, optimizer=optimizer, schedule=lr_schedule)
-        start = ctx.resume(state, phase, epochs)
         x, y = ctx.train_x, ctx.train_y
         if indices is not None:
             idx = torch.from_numpy(indices).to(ctx.device)
             x, y = x[idx], y[idx]
         augment = ctx.augment if self.augment[phase] else Augment(crop_padding=0, hflip=False)
-        for epoch in range(start, epochs):
-            timer = Timer()
-            current_lr = optimizer.param_groups[0]["lr"]
-            stats = train_epoch(model, optimizer, x, y, augment, ctx.normalize, self.batch_size, ctx.generator,
-                                loss_fn=loss_fn, desc=f"abl {phase} {epoch + 1}/{epochs}")
-            lr_schedule.step()
-            done = offset + epoch + 1
-            ctx.end_epoch({"epoch": done, "phase": phase, "lr": current_lr, **stats, **pools,
-                           "seconds": timer.lap()}, model, done, self.total_epochs)
-            state.save(epoch=epoch + 1, curves=ctx.curves)
-            ctx.maybe_interrupt(done)
+        ctx.run_phase(phase, epochs, lambda epoch: {
+            **train_epoch(model, optimizer, x, y, augment, ctx.normalize, self.batch_size, ctx.generator,
+                          loss_fn=loss_fn, desc=f"abl {phase} {epoch + 1}/{epochs}"), **pools},
+            model, optimizer, lr_schedule, checkpoint=phase, first_epoch=offset, total=self.total_epochs)
 
     def run(self, ctx: Context) -> torch.nn.Module:
         model = ctx.new_model()

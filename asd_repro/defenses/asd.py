@@ -38,10 +38,10 @@ import torch
 
 from asd_repro.defenses import Context, Defense, Timer, register_defense
 from asd_repro.engine.augment import Augment, Normalize
-from asd_repro.engine.loop import Resumable, predict_logits, train_epoch
-from asd_repro.engine.losses import sce_per_sample
+from asd_repro.engine.loop import train_epoch
 from asd_repro.engine.mixmatch import mixmatch_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
+from asd_repro.engine.split import lowest_fraction, sce_split_loss
 from asd_repro.errors import UserError, check_types
 
 
@@ -60,11 +60,6 @@ def class_aware_split(loss: np.ndarray, labels: np.ndarray, seeds: np.ndarray, k
         idx = np.flatnonzero(candidate & (labels == c))
         picks.append(idx[np.argsort(loss[idx], kind="stable")[:k]])
     return np.sort(np.concatenate(picks))
-
-
-def lowest_fraction(score: np.ndarray, fraction: float) -> np.ndarray:
-    """Indices of the int(fraction * N) lowest scores, sorted."""
-    return np.sort(np.argsort(score, kind="stable")[:int(len(score) * fraction)])
 
 
 def train_virtual_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, layers: tuple[str, ...],
@@ -164,8 +159,8 @@ class ASD(Defense):
 
     def split_loss(self, model: torch.nn.Module, ctx: Context) -> np.ndarray:
         """L1 of every training sample: SCE in eval mode on train-augmented images, the dataset's labels."""
-        logits = predict_logits(model, ctx.train_x, ctx.normalize, self.loss_batch_size, ctx.augment, ctx.generator)
-        return sce_per_sample(logits, ctx.train_y, **self.sce).cpu().numpy()
+        return sce_split_loss(model, ctx.train_x, ctx.train_y, ctx.normalize, self.loss_batch_size, ctx.augment,
+                              ctx.generator, **self.sce)
 
     def meta_split(self, model: torch.nn.Module, ctx: Context, loss: np.ndarray, desc: str = "asd") -> np.ndarray:
         """The gamma fraction of samples whose L1 a virtual model f' reduces the least; f' is then discarded."""
@@ -181,32 +176,26 @@ class ASD(Defense):
         seeds = ctx.clean_indices(self.seeds_per_class, np.random.default_rng(ctx.seed))  # D_S
         self.run_info = {"asd_seed_indices": seeds.tolist()}
         labels = ctx.train_y.cpu().numpy()
-        state = Resumable(ctx.checkpointer, ctx.generator, model=model, optimizer=optimizer, schedule=schedule)
-        start = ctx.resume(state, "asd", self.epochs)
-        for epoch in range(start, self.epochs):
+
+        def epoch(e: int) -> dict:
             timer = Timer()
             loss = self.split_loss(model, ctx)  # L1(f)
             loss_seconds = timer.lap()
-            stage = self.stage(epoch)
+            stage = self.stage(e)
             if stage == 1:
-                clean = class_aware_split(loss, labels, seeds, stage1_k(epoch, self.n, self.t), ctx.num_classes)
+                clean = class_aware_split(loss, labels, seeds, stage1_k(e, self.n, self.t), ctx.num_classes)
             elif stage == 2:
                 clean = lowest_fraction(loss, self.alpha)
             else:
-                clean = self.meta_split(model, ctx, loss, desc=f"asd {epoch + 1}/{self.epochs}")
+                clean = self.meta_split(model, ctx, loss, desc=f"asd {e + 1}/{self.epochs}")
             meta_seconds = timer.lap()
             polluted = np.setdiff1d(np.arange(len(loss)), clean)  # D_P
-            lr = optimizer.param_groups[0]["lr"]
             stats = mixmatch_epoch(model, optimizer, ctx.train_x, ctx.train_y, torch.from_numpy(clean),
                                    torch.from_numpy(polluted), ctx.augment, ctx.normalize, ctx.generator,
-                                   ctx.num_classes, epoch, desc=f"asd {epoch + 1}/{self.epochs}", **self.mixmatch)
-            schedule.step()
-            mixmatch_seconds = timer.lap()
-            record = {"epoch": epoch + 1, "stage": stage, "clean_pool": len(clean),
-                      "poisoned_in_clean_pool": int(ctx.poison[clean].sum()), "lr": lr, **stats,
-                      "seconds": loss_seconds + meta_seconds + mixmatch_seconds, "loss_pass_seconds": loss_seconds,
-                      "meta_split_seconds": meta_seconds, "mixmatch_seconds": mixmatch_seconds}
-            ctx.end_epoch(record, model, epoch + 1, self.epochs)
-            state.save(epoch=epoch + 1, curves=ctx.curves)
-            ctx.maybe_interrupt(epoch + 1)
+                                   ctx.num_classes, e, desc=f"asd {e + 1}/{self.epochs}", **self.mixmatch)
+            return {"stage": stage, "clean_pool": len(clean), "poisoned_in_clean_pool": int(ctx.poison[clean].sum()),
+                    **stats, "loss_pass_seconds": loss_seconds, "meta_split_seconds": meta_seconds,
+                    "mixmatch_seconds": timer.lap()}
+
+        ctx.run_phase("asd", self.epochs, epoch, model, optimizer, schedule)
         return model

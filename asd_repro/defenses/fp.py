@@ -96,7 +96,7 @@ class ChannelMask:
         return model
 
 
-@register_defense("fp")
+@register_defense("fp", family="repair")
 @gin.configurable(module="defenses")
 class FP(Defense):
     """Fine-Pruning; the defaults are BackdoorBench's CIFAR-10 values (config/defense/fp), see defenses/fp.gin.

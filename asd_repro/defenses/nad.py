@@ -21,7 +21,6 @@ Differences from the reference code, all deliberate:
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Iterator
 
 import gin
@@ -33,7 +32,7 @@ from asd_repro.defenses import Context, Defense, register_defense
 from asd_repro.defenses._posttraining import SGD, clean_epoch, defender_clean_data, training_phase
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.loop import index_batches
-from asd_repro.errors import Diverged, UserError, check_types
+from asd_repro.errors import StepLosses, UserError, check_types
 
 
 def attention_map(features: torch.Tensor, p: float = 2.0, eps: float = 1e-6) -> torch.Tensor:
@@ -72,12 +71,15 @@ def distill_epoch(student: torch.nn.Module, teacher: torch.nn.Module, optimizer:
     student.train()
     teacher.eval()
     stages = tuple(name for name, beta in betas.items() if beta != 0)
-    totals = {"loss": 0.0, "ce": 0.0, "at": 0.0}
-    correct, seen = 0, 0
+    # float64 sums on the device: the same additions, in the same order, as summing .item() on the host
+    sums = torch.zeros(3, dtype=torch.float64, device=x.device)  # loss, ce, at
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    seen = 0
+    losses = StepLosses(desc)
     with stage_outputs(student, stages) as s_feats, stage_outputs(teacher, stages) as t_feats:
         bar = tqdm(list(index_batches(len(y), batch_size, generator, device=x.device)), desc=desc, leave=False,
                    mininterval=1.0)
-        for step, idx in enumerate(bar, 1):
+        for idx in bar:
             inputs, targets = normalize(augment(x[idx], generator)), y[idx]
             logits = student(inputs)
             ce = F.cross_entropy(logits, targets)
@@ -91,16 +93,16 @@ def distill_epoch(student: torch.nn.Module, teacher: torch.nn.Module, optimizer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            for key, value in (("loss", loss), ("ce", ce), ("at", at)):
-                totals[key] += value.item() * len(idx)
-            if not math.isfinite(totals["loss"]):
-                raise Diverged(f"{desc}: the training loss is {loss.item()} at step {step} of {len(bar)}")
-            correct += (logits.argmax(1) == targets).sum().item()
+            losses.add(loss)
+            sums += torch.stack([loss.detach(), ce.detach(), at.detach()]).double() * len(idx)
+            correct += (logits.argmax(1) == targets).sum()
             seen += len(idx)
-    return {**{k: v / max(seen, 1) for k, v in totals.items()}, "train_acc": 100.0 * correct / max(seen, 1)}
+    losses.check()
+    loss, ce, at = (sums / max(seen, 1)).tolist()
+    return {"loss": loss, "ce": ce, "at": at, "train_acc": 100.0 * correct.item() / max(seen, 1)}
 
 
-@register_defense("nad")
+@register_defense("nad", family="repair")
 @gin.configurable(module="defenses")
 class NAD(Defense):
     """NAD; the defaults are the authors' CIFAR-10 values (bboylyg/NAD config.py, utils/util.py), the betas

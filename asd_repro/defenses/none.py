@@ -5,31 +5,20 @@ from __future__ import annotations
 import gin
 import torch
 
-from asd_repro.defenses import Context, Defense, Timer, register_defense
-from asd_repro.engine.loop import Resumable, train_epoch
+from asd_repro.defenses import Context, Defense, register_defense
+from asd_repro.engine.loop import train_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
 from asd_repro.errors import check_types, require
 
 
-def supervised_training(ctx: Context, model: torch.nn.Module, epochs: int, batch_size: int, phase: str = "train",
-                        x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.nn.Module:
-    """Resumable cross-entropy training with the gin-bound optimiser and schedule."""
-    x = ctx.train_x if x is None else x
-    y = ctx.train_y if y is None else y
+def supervised_training(ctx: Context, model: torch.nn.Module, epochs: int, batch_size: int,
+                        phase: str = "train") -> torch.nn.Module:
+    """Cross-entropy training on the poisoned set with the gin-bound optimiser and schedule (resumable)."""
     optimizer = make_optimizer(model.parameters())
     schedule = make_schedule(optimizer, epochs)
-    state = Resumable(ctx.checkpointer, ctx.generator, model=model, optimizer=optimizer, schedule=schedule)
-    start = ctx.resume(state, phase, epochs)
-    for epoch in range(start, epochs):
-        timer = Timer()
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_epoch(model, optimizer, x, y, ctx.augment, ctx.normalize, batch_size, ctx.generator,
-                            desc=f"{phase} {epoch + 1}/{epochs}")
-        schedule.step()
-        ctx.end_epoch({"epoch": epoch + 1, "phase": phase, "lr": lr, **stats, "seconds": timer.lap()}, model,
-                      epoch + 1, epochs)
-        state.save(epoch=epoch + 1, curves=ctx.curves)
-        ctx.maybe_interrupt(epoch + 1)
+    ctx.run_phase(phase, epochs, lambda epoch: train_epoch(
+        model, optimizer, ctx.train_x, ctx.train_y, ctx.augment, ctx.normalize, batch_size, ctx.generator,
+        desc=f"{phase} {epoch + 1}/{epochs}"), model, optimizer, schedule)
     return model
 
 

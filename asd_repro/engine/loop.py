@@ -1,8 +1,16 @@
-"""Epoch loops over device-resident uint8 data, prediction, and resumable epoch bookkeeping."""
+"""The engine's training loop: one resumable loop over epochs (``run_epochs``), the epoch bodies it runs over
+device-resident uint8 data (``train_epoch``; MixMatch's and SimCLR's live beside it), and prediction.
+
+A phase of any defense is ``run_epochs`` with an epoch body: the loop owns the timing, the learning rate logged,
+the schedule step, the end-of-epoch record, the checkpoint and the interrupt hook; the body owns the training.
+Epoch bodies keep their statistics and every step's loss on the device (``StepLosses``, the divergence guard) and
+read them once per epoch.
+"""
 
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Callable, Iterator
 
 import torch
@@ -11,7 +19,11 @@ from tqdm.auto import tqdm
 
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.checkpoint import Checkpointer, rng_state, set_rng_state
-from asd_repro.errors import StepLosses  # noqa: F401 (the loops' divergence guard)
+from asd_repro.errors import StepLosses
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by ``run_epochs`` when a test asks the run to stop after an epoch (a simulated kill)."""
 
 
 def index_batches(n: int, batch_size: int, generator: torch.Generator | None, drop_last: bool = False,
@@ -65,15 +77,6 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, normalize: Normalize
     return torch.cat(out) if out else torch.empty(0)
 
 
-def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Normalize,
-             batch_size: int = 256) -> tuple[int, int]:
-    """(correct, total): exact, sample-weighted."""
-    if len(y) == 0:
-        return 0, 0
-    pred = predict_logits(model, x, normalize, batch_size).argmax(1)
-    return int((pred == y).sum().item()), len(y)
-
-
 class Resumable:
     """Holds the objects of a training phase and saves/restores them with every RNG state."""
 
@@ -112,3 +115,41 @@ class Resumable:
         state = {"objects": {n: o.state_dict() for n, o in self.objects.items()}, "rng": rng_state(self.generator),
                  **extra}
         self.ckpt.save(state)
+
+
+def run_epochs(phase: str, epochs: int, body: Callable[[int], dict[str, Any]], *, checkpointer: Checkpointer,
+               generator: torch.Generator, objects: dict[str, Any], records: list[dict[str, Any]],
+               end_epoch: Callable[[dict[str, Any], int], Any], optimizer: torch.optim.Optimizer | None = None,
+               schedule: Any = None, first_epoch: int = 0, stop_after_epoch: int | None = None) -> None:
+    """Run epochs ``0 .. epochs - 1`` of a phase, resuming after the last checkpointed one.
+
+    Every epoch: ``stats = body(epoch)`` (0-based within the phase), the schedule's step, then the record
+    ``{epoch, phase, lr, **stats, seconds}`` goes to ``end_epoch(record, epochs_done)`` (which may add to it and
+    appends it to ``records``), and the checkpoint (``objects``, every RNG state, ``records``) is saved.
+
+    Args:
+        objects: what the checkpoint restores (anything with ``state_dict``/``load_state_dict``: the model, the
+            optimiser, the schedule, ...).
+        records: the curves so far; replaced by the checkpoint's on resume.
+        optimizer: its first group's lr, read before the epoch, is the record's ``lr``.
+        first_epoch: epochs of the run's earlier phases: records and the interrupt hook count across phases.
+        stop_after_epoch: tests only, raise ``Interrupted`` once ``first_epoch + epoch + 1`` reaches it.
+    """
+    state = Resumable(checkpointer, generator, **objects)
+    restored = state.restore(needs=("epoch", "curves"))
+    start = 0
+    if restored is not None:
+        records[:] = restored["curves"]
+        start = restored["epoch"]
+        print(f"resuming {phase} from epoch {start}/{epochs}", flush=True)
+    for epoch in range(start, epochs):
+        began = time.perf_counter()
+        lr = {"lr": optimizer.param_groups[0]["lr"]} if optimizer is not None else {}
+        stats = body(epoch)
+        if schedule is not None:
+            schedule.step()
+        done = first_epoch + epoch + 1
+        end_epoch({"epoch": done, "phase": phase, **lr, **stats, "seconds": time.perf_counter() - began}, done)
+        state.save(epoch=epoch + 1, curves=records)
+        if stop_after_epoch is not None and done >= stop_after_epoch:
+            raise Interrupted(f"stopped after epoch {done} (test hook)")

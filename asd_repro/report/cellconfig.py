@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
     from asd_repro import config
     from asd_repro.cli import _params
     from asd_repro.plugins import load_all
-    from asd_repro.stages import seeds_of
+    from asd_repro.matrix import seeds_of
 
     params = _params(args.params)
     seed = args.seed if args.seed is not None else seeds_of(params, str(args.params))[0]

@@ -26,7 +26,7 @@ def _table(argv: list[str]) -> int:
     from asd_repro.cli import _params
     from asd_repro.plugins import load_all
     from asd_repro.report.stage import table
-    from asd_repro.stages import defense_names, seeds_of
+    from asd_repro.matrix import defense_names, seeds_of
 
     load_all()
     config.parse(args.gin, args.bind, bindings_source="--bind")
