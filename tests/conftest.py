@@ -20,6 +20,25 @@ def dvc_on_path(monkeypatch):
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
 
 
+@pytest.fixture(scope="session")
+def fitted_attacks():
+    """Each smoke-scale attack fitted once a session, on first use: fitted_attacks[name, channels] -> (atk, x, y)."""
+    from attacksmoke import FittedCache
+
+    return FittedCache()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions run fastest on one thread; two threads on a busy shared CPU wait on each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def repo_cwd(monkeypatch):
     """Run from the project root, as DVC does."""

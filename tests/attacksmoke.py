@@ -1,0 +1,64 @@
+"""Smoke-scale attacks for the per-attack tests: tiny random images, a few training steps, fitted once a session."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from asd_repro.attacks.badnets import BadNets
+from asd_repro.attacks.blend import Blend
+from asd_repro.attacks.clb import CLB
+from asd_repro.attacks.iab import IAB
+from asd_repro.attacks.refool import Refool
+from asd_repro.attacks.wanet import WaNet
+
+TARGET = 3
+SMOKE = {  # smoke-scale attack-side training for 60 tiny images (IAB needs a few steps to make masks input-specific)
+    "badnets": lambda **kw: BadNets(target=TARGET, ratio=0.2, **kw),
+    "blend": lambda **kw: Blend(target=TARGET, ratio=0.2, **kw),
+    "wanet": lambda **kw: WaNet(target=TARGET, ratio=0.2, **kw),
+    "iab": lambda **kw: IAB(target=TARGET, ratio=0.2, mask_epochs=5, epochs=2, batch_size=16,
+                            classifier="slim_resnet", device="cpu", **kw),
+    "refool": lambda **kw: Refool(target=TARGET, ratio=0.2, n_reflections=8, **kw),
+    "clb": lambda **kw: CLB(target=TARGET, ratio=0.08, epochs=1, batch_size=32, adv_steps=1, steps=3,
+                            device="cpu", **kw),
+}
+
+
+def data(n=60, h=12, w=12, c=1, seed=0):
+    """n random uint8 images of h x w x c with labels 0..9 in turn."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, h, w, c), dtype=np.uint8), np.arange(n) % 10
+
+
+def fitted(name, x, y, seed=0, **kw):
+    atk = SMOKE[name](**kw)
+    atk.fit(x, y, np.random.default_rng(seed))
+    return atk
+
+
+def restored(name, atk, **kw):
+    """A fresh attack of the same kind loaded from atk.state(), as the poison stage loads the assets."""
+    fresh = SMOKE[name](**kw)
+    fresh.load_state({k: np.array(v) for k, v in atk.state().items()})
+    return fresh
+
+
+class FittedCache:
+    """Each attack fitted once on the grey and the colour tiny set, on first use: cache[name, channels] -> (atk, x, y)."""
+
+    def __init__(self):
+        self._done = {}
+
+    def __getitem__(self, key):
+        if key not in self._done:
+            import torch
+
+            name, c = key
+            x, y = data(c=c)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # tiny convolutions run fastest on one thread on a busy 2-core CPU
+            try:
+                self._done[key] = (fitted(name, x, y), x, y)
+            finally:
+                torch.set_num_threads(threads)
+        return self._done[key]
