@@ -50,3 +50,17 @@ def test_post_training_defenses_follow_the_scaling_rule(name):
     assert mini.sgd.schedule == paper.sgd.schedule
     assert (mini.sgd.momentum, mini.sgd.weight_decay, mini.sgd.nesterov) == (
         paper.sgd.momentum, paper.sgd.weight_decay, paper.sgd.nesterov)
+
+
+def test_asd_stage_one_ends_with_the_references_clean_pool_per_class():
+    """Stage 1's class-aware pool at its last epoch (seeds + n x floor(epoch / t)) is the reference's: 10 + 110."""
+    from asd_repro.defenses.asd import stage1_k
+
+    paper, mini = _pair("asd")
+
+    def last_stage_one_pool(asd):
+        return asd.seeds_per_class + stage1_k(asd.stage2_epoch - 1, asd.n, asd.t)
+
+    assert last_stage_one_pool(paper) == 10 + 110
+    assert last_stage_one_pool(mini) == last_stage_one_pool(paper)
+    assert (mini.stage2_epoch / mini.epochs, mini.stage3_epoch / mini.epochs) == (0.5, 0.75)  # the 2:1:1 split
