@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from asd_repro.attacks.badnets import BadNets
@@ -43,6 +45,19 @@ def restored(name, atk, **kw):
     return fresh
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """Tiny convolutions run fastest on one thread; two threads on a busy shared CPU wait on each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class FittedCache:
     """Each attack fitted once on the grey and the colour tiny set, on first use: cache[name, channels] -> (atk, x, y)."""
 
@@ -51,14 +66,8 @@ class FittedCache:
 
     def __getitem__(self, key):
         if key not in self._done:
-            import torch
-
             name, c = key
             x, y = data(c=c)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # tiny convolutions run fastest on one thread on a busy 2-core CPU
-            try:
+            with one_torch_thread():
                 self._done[key] = (fitted(name, x, y), x, y)
-            finally:
-                torch.set_num_threads(threads)
         return self._done[key]

@@ -30,13 +30,11 @@ def fitted_attacks():
 
 @pytest.fixture
 def one_thread():
-    """Tiny convolutions run fastest on one thread; two threads on a busy shared CPU wait on each other."""
-    import torch
+    """Torch on one thread for the test (tiny convolutions run fastest so on a busy 2-core CPU)."""
+    from attacksmoke import one_torch_thread
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture

@@ -41,14 +41,11 @@ def test_clb_ratio_is_a_fraction_of_the_training_set_and_test_has_trigger_only(f
     assert atk.trigger.shape == (12, 12, 1)
 
 
-def test_clb_subset_trains_the_proxy_on_fewer_images_but_perturbs_every_target_image():
+def test_clb_subset_trains_the_proxy_on_fewer_images_but_perturbs_every_target_image(one_thread):
     import torch
 
     x, y = data(80, 12, 12, 1)
-    torch.set_num_threads(2)
-    try:
-        atk = fitted("clb", x, y, subset=20)
-        assert torch.get_num_threads() == 2, "fit trains on one thread and restores torch's thread count"
-    finally:
-        torch.set_num_threads(1)
+    torch.set_num_threads(2)  # one_thread restores the session's count afterwards
+    atk = fitted("clb", x, y, subset=20)
+    assert torch.get_num_threads() == 2, "fit trains on one thread and restores torch's thread count"
     assert np.array_equal(atk.index, np.flatnonzero(y == TARGET)) and len(atk.perturbed) == len(atk.index)
