@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 
@@ -26,10 +27,14 @@ SMOKE = {  # smoke-scale attack-side training for 60 tiny images (IAB needs a fe
 }
 
 
+def images(n, h=32, w=32, c=3, seed=0):
+    """n random uint8 images of h x w x c."""
+    return np.random.default_rng(seed).integers(0, 256, (n, h, w, c), dtype=np.uint8)
+
+
 def data(n=60, h=12, w=12, c=1, seed=0):
     """n random uint8 images of h x w x c with labels 0..9 in turn."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, h, w, c), dtype=np.uint8), np.arange(n) % 10
+    return images(n, h, w, c, seed), np.arange(n) % 10
 
 
 def fitted(name, x, y, seed=0, **kw):
@@ -58,16 +63,9 @@ def one_torch_thread():
         torch.set_num_threads(threads)
 
 
-class FittedCache:
-    """Each attack fitted once on the grey and the colour tiny set, on first use: cache[name, channels] -> (atk, x, y)."""
-
-    def __init__(self):
-        self._done = {}
-
-    def __getitem__(self, key):
-        if key not in self._done:
-            name, c = key
-            x, y = data(c=c)
-            with one_torch_thread():
-                self._done[key] = (fitted(name, x, y), x, y)
-        return self._done[key]
+@functools.cache
+def fitted_once(name, c):
+    """The attack ``name`` fitted once a session on the grey (c = 1) or colour (c = 3) tiny set: (atk, x, y)."""
+    x, y = data(c=c)
+    with one_torch_thread():
+        return fitted(name, x, y), x, y

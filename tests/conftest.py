@@ -20,14 +20,6 @@ def dvc_on_path(monkeypatch):
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
 
 
-@pytest.fixture(scope="session")
-def fitted_attacks():
-    """Each smoke-scale attack fitted once a session, on first use: fitted_attacks[name, channels] -> (atk, x, y)."""
-    from attacksmoke import FittedCache
-
-    return FittedCache()
-
-
 @pytest.fixture
 def one_thread():
     """Torch on one thread for the test (tiny convolutions run fastest so on a busy 2-core CPU)."""

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from attacksmoke import SMOKE, TARGET, data, fitted, restored
+from attacksmoke import SMOKE, TARGET, data, fitted, fitted_once, restored
 
 
 @pytest.mark.parametrize("c", [1, 3])
 @pytest.mark.parametrize("name", list(SMOKE))
-def test_shapes_dtypes_and_state_round_trip(fitted_attacks, one_thread, name, c):
-    atk, x, y = fitted_attacks[name, c]
+def test_shapes_dtypes_and_state_round_trip(one_thread, name, c):
+    atk, x, y = fitted_once(name, c)
     out = atk.apply(x)
     assert out.shape == x.shape and out.dtype == np.uint8
     if (name, c) != ("iab", 1):  # 5 mask epochs on grey noise shrink IAB's mask to nothing at this scale
@@ -32,8 +32,8 @@ def test_fit_is_deterministic_for_a_seed(one_thread, name):
 
 
 @pytest.mark.parametrize("name", list(SMOKE))
-def test_poison_test_excludes_target_class_and_relabels_to_the_target(fitted_attacks, one_thread, name):
-    atk, x, y = fitted_attacks[name, 1]
+def test_poison_test_excludes_target_class_and_relabels_to_the_target(one_thread, name):
+    atk, x, y = fitted_once(name, 1)
     bx, by, idx = atk.poison_test(x, y)
     assert np.array_equal(idx, np.flatnonzero(y != TARGET))
     assert (by == TARGET).all() and len(bx) == len(idx) and bx.dtype == np.uint8

@@ -6,13 +6,11 @@ import pytest
 from asd_repro.attacks.badnets import BadNets
 from asd_repro.errors import UserError
 
-
-def _images(n, h=32, w=32, c=3, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, h, w, c), dtype=np.uint8)
+from attacksmoke import images
 
 
 def test_badnets_reference_trigger_pixels_at_32x32():
-    x = _images(3)
+    x = images(3)
     atk = BadNets(target=3, ratio=0.05)
     atk.fit(x, np.zeros(3), np.random.default_rng(0))
     out = atk.apply(x)
@@ -50,7 +48,7 @@ def test_poison_counts_labels_and_determinism():
     n = 20000
     rng = np.random.default_rng(1)
     y = rng.integers(0, 10, n)
-    x = _images(n, 8, 8, 1)
+    x = images(n, 8, 8, 1)
     atk = BadNets(target=3, ratio=0.05, patch_size=2, offset=1)
     atk.fit(x, y, np.random.default_rng(0))
     a = atk.poison_train(x, y, np.random.default_rng(100))

@@ -4,14 +4,12 @@ import numpy as np
 
 from asd_repro.attacks.blend import Blend
 
-
-def _images(n, h=32, w=32, c=3, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, h, w, c), dtype=np.uint8)
+from attacksmoke import images
 
 
 def test_poisoned_test_set_excludes_target_class():
     y = np.array([0, 3, 1, 3, 2])
-    x = _images(5)
+    x = images(5)
     atk = Blend(target=3, ratio=0.1)
     atk.fit(x, y, np.random.default_rng(0))
     bx, by, idx = atk.poison_test(x, y)

@@ -4,7 +4,7 @@ import numpy as np
 
 from asd_repro.attacks.clb import CLB, four_corner_trigger
 
-from attacksmoke import TARGET, data, fitted
+from attacksmoke import TARGET, data, fitted, fitted_once
 
 
 def test_clb_four_corner_trigger_pixels():
@@ -17,8 +17,8 @@ def test_clb_four_corner_trigger_pixels():
     assert grey.shape == (224, 224, 1) and np.count_nonzero(grey) == 4 * 21 * 21  # 3 px at 32 scaled to 224
 
 
-def test_clb_poisons_only_target_class_with_perturbation_and_trigger(fitted_attacks, one_thread):
-    atk, x, y = fitted_attacks["clb", 3]
+def test_clb_poisons_only_target_class_with_perturbation_and_trigger(one_thread):
+    atk, x, y = fitted_once("clb", 3)
     assert np.array_equal(atk.index, np.flatnonzero(y == TARGET))
     d = atk.perturbed.astype(int) - x[atk.index]
     assert np.abs(d).max() <= atk.eps and (d != 0).any(), "L_inf-bounded PGD perturbation"
@@ -30,8 +30,8 @@ def test_clb_poisons_only_target_class_with_perturbation_and_trigger(fitted_atta
     assert np.array_equal(train.x[train.poison], atk.apply(atk.perturbed[rows]))
 
 
-def test_clb_ratio_is_a_fraction_of_the_training_set_and_test_has_trigger_only(fitted_attacks, one_thread):
-    atk, x, y = fitted_attacks["clb", 1]
+def test_clb_ratio_is_a_fraction_of_the_training_set_and_test_has_trigger_only(one_thread):
+    atk, x, y = fitted_once("clb", 1)
     many = CLB(target=TARGET, ratio=0.1)
     many.load_state(atk.state())
     assert many.poison_train(x, y, np.random.default_rng(0)).poison.sum() == (y == TARGET).sum()  # 0.1 * N = N_target

@@ -2,19 +2,19 @@
 
 import numpy as np
 
-from attacksmoke import TARGET
+from attacksmoke import TARGET, fitted_once
 
 
-def test_iab_triggers_differ_across_inputs(fitted_attacks, one_thread):
-    atk, x, _ = fitted_attacks["iab", 3]
+def test_iab_triggers_differ_across_inputs(one_thread):
+    atk, x, _ = fitted_once("iab", 3)
     delta = atk.apply(x).astype(int) - x
     assert len({d.tobytes() for d in delta}) == len(x), "every input gets its own trigger"
     own, other = atk.apply(x[:10]), atk.apply_cross(x[:10], x[10:20])
     assert all((own[i] != other[i]).any() for i in range(10)), "another image's trigger differs from the own one"
 
 
-def test_iab_labels_and_which_samples_change(fitted_attacks, one_thread):
-    atk, x, y = fitted_attacks["iab", 1]
+def test_iab_labels_and_which_samples_change(one_thread):
+    atk, x, y = fitted_once("iab", 1)
     train = atk.poison_train(x, y, np.random.default_rng(4))
     poison, cross, source = atk.draw(y, np.random.default_rng(4))
     assert np.array_equal(train.poison, poison) and cross.any() and not (poison & cross).any()
@@ -26,12 +26,12 @@ def test_iab_labels_and_which_samples_change(fitted_attacks, one_thread):
     assert np.array_equal(train.x[cross], atk.apply_cross(x[cross], x[source]))
 
 
-def test_iab_state_holds_architecture_and_weights(fitted_attacks, one_thread):
-    atk, _, _ = fitted_attacks["iab", 3]
+def test_iab_state_holds_architecture_and_weights(one_thread):
+    atk, _, _ = fitted_once("iab", 3)
     state = atk.state()
     assert state["arch"].tolist() == [3, 32, 3]  # the paper's colour sizes
     assert any(k.startswith("g.") for k in state) and any(k.startswith("m.") for k in state)
-    assert fitted_attacks["iab", 1][0].state()["arch"].tolist() == [1, 16, 2]  # the paper's MNIST sizes
+    assert fitted_once("iab", 1)[0].state()["arch"].tolist() == [1, 16, 2]  # the paper's MNIST sizes
 
 
 

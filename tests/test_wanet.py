@@ -5,7 +5,7 @@ import pytest
 
 from asd_repro.attacks.wanet import WaNet, identity_grid
 
-from attacksmoke import TARGET, data
+from attacksmoke import TARGET, data, fitted_once
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3), (17, 23, 3)])
@@ -31,8 +31,8 @@ def test_wanet_field_is_the_papers_normalised_random_field():
     assert (atk.apply(x) != x).any()
 
 
-def test_wanet_labels_and_which_samples_change(fitted_attacks, one_thread):
-    atk, x, y = fitted_attacks["wanet", 3]
+def test_wanet_labels_and_which_samples_change(one_thread):
+    atk, x, y = fitted_once("wanet", 3)
     train = atk.poison_train(x, y, np.random.default_rng(9))
     poison, cross = atk.draw(y, np.random.default_rng(9))
     assert np.array_equal(train.poison, poison) and cross.any() and not (poison & cross).any()
