@@ -64,3 +64,17 @@ def test_asd_stage_one_ends_with_the_references_clean_pool_per_class():
     assert last_stage_one_pool(paper) == 10 + 110
     assert last_stage_one_pool(mini) == last_stage_one_pool(paper)
     assert (mini.stage2_epoch / mini.epochs, mini.stage3_epoch / mini.epochs) == (0.5, 0.75)  # the 2:1:1 split
+
+
+def test_asd_epoch_keeps_the_references_passes_over_the_training_set():
+    """An ASD epoch's MixMatch iterations x labelled batch, over the training set, equal the reference's (1.31), and
+    the mini keeps 10% of the reference's epochs, the share No Defense keeps."""
+    paper, mini = _pair("asd")
+
+    def passes(asd, n_train):
+        return asd.mixmatch["iterations"] * asd.mixmatch["batch_size"] / n_train
+
+    assert passes(paper, 50000) == pytest.approx(1.31, abs=0.01)
+    assert passes(mini, 4000) == pytest.approx(passes(paper, 50000), rel=0.01)
+    assert mini.mixmatch["batch_size"] == paper.mixmatch["batch_size"] == 64
+    assert mini.epochs / paper.epochs == pytest.approx(0.1)
