@@ -10,8 +10,9 @@ import pytest
 
 from conftest import defense_from
 
-MINI_CLEAN = round(0.05 * 4000)    # mnist5k's training split: 400 images a class
-PAPER_CLEAN = round(0.05 * 50000)  # CIFAR-10's
+MINI_TRAIN, PAPER_TRAIN = 4000, 50000  # mnist5k's training split (400 images a class) and CIFAR-10's
+MINI_CLEAN = round(0.05 * MINI_TRAIN)
+PAPER_CLEAN = round(0.05 * PAPER_TRAIN)
 BATCH_FLOOR = 16
 
 
@@ -70,11 +71,12 @@ def test_asd_epoch_keeps_the_references_passes_over_the_training_set():
     """An ASD epoch's MixMatch iterations x labelled batch, over the training set, equal the reference's (1.31), and
     the mini keeps 10% of the reference's epochs, the share No Defense keeps."""
     paper, mini = _pair("asd")
+    paper_none, mini_none = _pair("none")
 
     def passes(asd, n_train):
         return asd.mixmatch["iterations"] * asd.mixmatch["batch_size"] / n_train
 
-    assert passes(paper, 50000) == pytest.approx(1.31, abs=0.01)
-    assert passes(mini, 4000) == pytest.approx(passes(paper, 50000), rel=0.01)
+    assert passes(paper, PAPER_TRAIN) == pytest.approx(1.31, abs=0.01)
+    assert passes(mini, MINI_TRAIN) == pytest.approx(passes(paper, PAPER_TRAIN), rel=0.01)
     assert mini.mixmatch["batch_size"] == paper.mixmatch["batch_size"] == 64
-    assert mini.epochs / paper.epochs == pytest.approx(0.1)
+    assert mini.epochs / paper.epochs == mini_none.epochs / paper_none.epochs == pytest.approx(0.1)
