@@ -13,7 +13,16 @@ ACC mean, ASR median). ``stat`` says which seed statistic a cell is judged by:
 - ``worst`` (default for ASR): the seed least favourable to the claim, i.e. the claim holds in every seed;
 - ``mean`` (default for ACC), ``median``, ``best``.
 A relative claim (``ref``) compares with the same statistic of the ``ref`` defense's cell, plus ``offset``. A cell
-with a collapsed seed (ACC near chance) fails every claim on it: a broken model is never a defense's success.
+with a collapsed seed (ACC near chance) or a missing value fails every claim on it: a broken or missing model is
+never a defense's success. ``kind: undominated`` says no other defense has both a higher average ACC and a lower
+average ASR than ``defense`` (it says something even when ``defense`` is the only one that defends); a
+``best_average`` claim with a single eligible defense is vacuous and fails, saying so.
+
+**Expected failures** (like pytest's strict xfail): ``xfail: {profiles: [mini], attacks: [iab, clb], reason: ...}``
+declares that at those profiles' scale the claim fails on those attacks' cells (all of the claim's cells when
+``attacks`` is left out), for the reason given. The claim must then hold on every other cell and fail on every
+declared one: a declared cell that starts to hold is an unexpected pass, and fails the gate until the declaration
+is removed, so expectations stay current. At other profiles the declaration does nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +40,10 @@ from asd_repro.errors import UserError
 from asd_repro.report.stats import Noise
 
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
-FIELDS = {"id", "text", "kind", "defense", "metric", "op", "value", "ref", "offset", "stat", "attacks", "among"}
+FIELDS = {"id", "text", "kind", "defense", "metric", "op", "value", "ref", "offset", "stat", "attacks", "among",
+          "xfail"}
+KINDS = ("every_attack", "best_average", "undominated")
+XFAIL_FIELDS = {"profiles", "attacks", "reason"}
 STATS = ("worst", "best", "mean", "median")
 
 
@@ -49,6 +61,14 @@ class Claim:
     stat: str | None = None
     attacks: list[str] | None = None
     among: dict[str, Any] | None = None
+    xfail: dict[str, Any] | None = None
+
+    def expected_failures(self, profile: str | None) -> tuple[set[str] | None, str] | None:
+        """At ``profile``: the attacks whose cells are expected to fail (None: every cell), and why; or None."""
+        if not self.xfail or profile not in self.xfail["profiles"]:
+            return None
+        attacks = self.xfail.get("attacks")
+        return (set(attacks) if attacks else None), self.xfail["reason"]
 
     @property
     def statistic(self) -> str:
@@ -61,6 +81,12 @@ class Result:
     holds: bool
     detail: str
     failures: list[str] = field(default_factory=list)
+    expected: str = ""  # "xfail": failed where declared; "xpass": a declared failure held; "": nothing declared
+
+    @property
+    def ok(self) -> bool:
+        """What the gate reads: held, or failed exactly where a failure was declared."""
+        return self.holds or self.expected == "xfail"
 
 
 def load_claims(path: Path) -> list[Claim]:
@@ -98,6 +124,19 @@ def load_claims(path: Path) -> list[Claim]:
         if item.get("stat") is not None and item["stat"] not in STATS:
             raise UserError(f"{where}: stat must be one of {', '.join(STATS)}, got {item['stat']!r}")
         kind = item.get("kind", "every_attack")
+        if "value" in item and not isinstance(item["value"], (int, float)) or isinstance(item.get("value"), bool):
+            raise UserError(f"{where}: value must be a number, got {item['value']!r}")
+        if not isinstance(item.get("offset", 0), (int, float)):
+            raise UserError(f"{where}: offset must be a number, got {item['offset']!r}")
+        xfail = item.get("xfail")
+        if xfail is not None:
+            if (not isinstance(xfail, dict) or set(xfail) - XFAIL_FIELDS or not {"profiles", "reason"} <= set(xfail)
+                    or not isinstance(xfail["profiles"], list) or not str(xfail["reason"]).strip()
+                    or not isinstance(xfail.get("attacks", []), list)):
+                raise UserError(f"{where}: xfail needs {{profiles: [mini], reason: \"why\"}} and may name attacks: "
+                                "[iab, clb]")
+            if kind != "every_attack" and xfail.get("attacks"):
+                raise UserError(f"{where}: xfail attacks apply to every_attack claims only; leave them out")
         if kind == "every_attack":
             if ("value" in item) == ("ref" in item):
                 raise UserError(f"{where}: give exactly one of 'value' (a number) or 'ref' (a defense, with 'offset')")
@@ -105,8 +144,11 @@ def load_claims(path: Path) -> list[Claim]:
             among = item.get("among")
             if not isinstance(among, dict) or set(among) != {"metric", "op", "value"} or among["op"] not in OPS:
                 raise UserError(f"{where}: best_average needs among: {{metric: asr, op: '<=', value: 5}}")
+        elif kind == "undominated":
+            if "value" in item or "ref" in item:
+                raise UserError(f"{where}: undominated compares average ACC and ASR; leave out value and ref")
         else:
-            raise UserError(f"{where}: kind must be every_attack or best_average, got {kind!r}")
+            raise UserError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
         claims.append(Claim(**{"text": item.get("text", item["id"]), **item}))
     return claims
 
@@ -123,7 +165,9 @@ def _stat(values: np.ndarray, statistic: str, op: str) -> float:
 
 
 def _collapsed(g: pd.DataFrame, noise: Noise) -> int:
-    return int(sum(noise.collapsed_rows(g)))
+    """Seeds whose model is collapsed, or cannot be ruled out as collapsed (no class count recorded)."""
+    unknown = int(g["num_classes"].isna().sum()) if "num_classes" in g else len(g)
+    return int(sum(noise.collapsed_rows(g))) + unknown
 
 
 def _every_attack(claim: Claim, long: pd.DataFrame, noise: Noise) -> Result:
@@ -133,18 +177,25 @@ def _every_attack(claim: Claim, long: pd.DataFrame, noise: Noise) -> Result:
     failures, checked = [], 0
     for (d, a), g in cells.groupby(["dataset", "attack"], sort=False):
         checked += 1
+        if g[claim.metric].isna().any() or g["acc"].isna().any():
+            failures.append(f"{d}/{a}: a seed has no {claim.metric.upper() if g[claim.metric].isna().any() else 'ACC'}"
+                            " value (a missing or diverged model)")
+            continue
         ours = _stat(g[claim.metric].to_numpy(float), claim.statistic, claim.op)
         if claim.ref is not None:
             r = long[(long["defense"] == claim.ref) & (long["dataset"] == d) & (long["attack"] == a)]
             if r.empty:
                 failures.append(f"{d}/{a}: no {claim.ref} cell to compare with")
                 continue
+            if r[claim.metric].isna().any():
+                failures.append(f"{d}/{a}: the {claim.ref} cell has a seed with no {claim.metric.upper()} value")
+                continue
             bound = _stat(r[claim.metric].to_numpy(float), claim.statistic, claim.op) + claim.offset
         else:
             bound = float(claim.value)
         collapsed = _collapsed(g, noise) + (_collapsed(r, noise) if claim.ref is not None else 0)
         if collapsed:
-            failures.append(f"{d}/{a}: {collapsed} collapsed model(s)")
+            failures.append(f"{d}/{a}: {collapsed} collapsed model(s), or models whose class count is unrecorded")
         elif not OPS[claim.op](ours, bound):
             failures.append(f"{d}/{a}: {ours:.1f} (needs {claim.op} {bound:.1f})")
     if not checked:
@@ -153,13 +204,18 @@ def _every_attack(claim: Claim, long: pd.DataFrame, noise: Noise) -> Result:
     return Result(claim, not failures, detail, failures)
 
 
+def _averages(part: pd.DataFrame, noise: Noise) -> tuple[pd.DataFrame, set[str]]:
+    """Each defense's average over attacks of its per-cell centres (ACC mean, ASR median); and the broken ones."""
+    per_cell = part.groupby(["defense", "attack"]).agg(acc=("acc", "mean"), asr=("asr", "median"))
+    broken = {f for f, g in part.groupby("defense") if _collapsed(g, noise) or g[["acc", "asr"]].isna().any().any()}
+    return per_cell.groupby("defense").mean(), broken
+
+
 def _best_average(claim: Claim, long: pd.DataFrame, noise: Noise) -> Result:
     among = claim.among or {}
     failures, details = [], []
     for d, part in long.groupby("dataset", sort=False):
-        per_cell = part.groupby(["defense", "attack"]).agg(acc=("acc", "mean"), asr=("asr", "median"))
-        avg = per_cell.groupby("defense").mean()
-        broken = {f for f, g in part.groupby("defense") if _collapsed(g, noise)}
+        avg, broken = _averages(part, noise)
         eligible = avg[[OPS[among["op"]](v, among["value"]) and f not in broken
                         for f, v in zip(avg.index, avg[among["metric"]])]]
         if claim.defense not in eligible.index:
@@ -167,6 +223,10 @@ def _best_average(claim: Claim, long: pd.DataFrame, noise: Noise) -> Result:
                 f"average {among['metric'].upper()} {avg[among['metric']].get(claim.defense, float('nan')):.1f} "
                 f"is not {among['op']} {among['value']}")
             failures.append(f"{d}: {claim.defense} is not eligible ({why})")
+            continue
+        if len(eligible) == 1:
+            failures.append(f"{d}: vacuous, {claim.defense} is the only eligible defense (the claim says nothing; "
+                            "use kind: undominated)")
             continue
         pick = max if claim.op in (">=", ">") else min
         best = pick(eligible.index, key=lambda f: eligible.loc[f, claim.metric])
@@ -178,22 +238,72 @@ def _best_average(claim: Claim, long: pd.DataFrame, noise: Noise) -> Result:
     return Result(claim, not failures and bool(details), "; ".join(details) or "no eligible cell", failures)
 
 
-def evaluate_claims(claims: list[Claim], long: pd.DataFrame, noise: Noise | None = None) -> list[Result]:
-    """Every claim's verdict on a long per-seed table (``table.csv`` rows, no Average rows)."""
+def _undominated(claim: Claim, long: pd.DataFrame, noise: Noise) -> Result:
+    failures, details = [], []
+    for d, part in long.groupby("dataset", sort=False):
+        avg, broken = _averages(part, noise)
+        if claim.defense not in avg.index or claim.defense in broken:
+            failures.append(f"{d}: {claim.defense} " + ("has a collapsed or missing model" if claim.defense in broken
+                                                          else "is not in the table"))
+            continue
+        ours = avg.loc[claim.defense]
+        better = [f for f in avg.index if f != claim.defense and f not in broken
+                  and avg.loc[f, "acc"] > ours["acc"] and avg.loc[f, "asr"] < ours["asr"]]
+        details.append(f"{d}: {claim.defense} ACC {ours['acc']:.1f}, ASR {ours['asr']:.1f} against "
+                       f"{len(avg) - 1} other defenses")
+        failures += [f"{d}: {f} has both more ACC ({avg.loc[f, 'acc']:.1f}) and less ASR ({avg.loc[f, 'asr']:.1f})"
+                     for f in better]
+    return Result(claim, not failures and bool(details), "; ".join(details) or "no cell", failures)
+
+
+JUDGES = {"every_attack": _every_attack, "best_average": _best_average, "undominated": _undominated}
+
+
+def _with_expectations(claim: Claim, long: pd.DataFrame, noise: Noise, profile: str | None) -> Result:
+    expected = claim.expected_failures(profile)
+    judge = JUDGES[claim.kind]
+    if expected is None:
+        return judge(claim, long, noise)
+    attacks, reason = expected
+    if attacks is None:  # the whole claim is expected to fail at this scale
+        r = judge(claim, long, noise)
+        r.expected = "xpass" if r.holds else "xfail"
+        r.detail += f"; expected to fail at profile {profile}: {reason}"
+        return r
+    declared = long[long["attack"].isin(attacks)]
+    rest = judge(claim, long[~long["attack"].isin(attacks)], noise)
+    cells = declared[declared["defense"] == claim.defense].groupby(["dataset", "attack"], sort=False)
+    xpass = [f"{d}/{a}" for (d, a), _ in cells
+             if judge(claim, declared[(declared["dataset"] == d) & (declared["attack"] == a)], noise).holds]
+    detail = f"{rest.detail}; {', '.join(sorted(attacks))} expected to fail at profile {profile}: {reason}"
+    if xpass:
+        failures = rest.failures + [f"{c}: holds, but is declared an expected failure (remove it from xfail)"
+                                    for c in xpass]
+        return Result(claim, False, detail, failures, "xpass")
+    return Result(claim, rest.holds, detail, rest.failures, "xfail" if rest.holds else "")
+
+
+def evaluate_claims(claims: list[Claim], long: pd.DataFrame, noise: Noise | None = None,
+                    profile: str | None = None) -> list[Result]:
+    """Every claim's verdict on a long per-seed table (``table.csv`` rows, no Average rows) made at ``profile``."""
     noise = noise or Noise()
     long = long[long["attack"] != "average"]
-    return [(_best_average if c.kind == "best_average" else _every_attack)(c, long, noise) for c in claims]
+    return [_with_expectations(c, long, noise, profile) for c in claims]
 
 
 def checklist(results: list[Result]) -> str:
     lines = []
     for r in results:
-        mark = "x" if r.holds else " "
-        why = "" if r.holds else " — fails: " + "; ".join(r.failures[:8]) + (
+        mark = "x" if r.holds else ("~" if r.ok else " ")
+        tag = {"xfail": " (fails where declared)", "xpass": " **unexpected pass**"}.get(r.expected, "")
+        why = "" if r.holds and not r.failures else " — fails: " + "; ".join(r.failures[:8]) + (
             f"; and {len(r.failures) - 8} more" if len(r.failures) > 8 else "")
-        lines.append(f"- [{mark}] **{r.claim.id}**: {r.claim.text} ({r.detail}){why}")
-    held = sum(r.holds for r in results)
-    return "\n".join(lines + ["", f"{held} of {len(results)} claims hold."])
+        lines.append(f"- [{mark}] **{r.claim.id}**{tag}: {r.claim.text} ({r.detail}){why}")
+    held, declared = sum(r.holds for r in results), sum(r.expected == "xfail" for r in results)
+    bad = sum(not r.ok for r in results)
+    return "\n".join(lines + ["", f"{held} of {len(results)} claims hold" + (
+        f"; {declared} with failures declared at this scale" if declared else "") + (
+        f"; {bad} fail the gate" if bad else "; the gate passes") + "."])
 
 
 def main(argv: list[str]) -> int:
@@ -205,8 +315,23 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--claims", type=Path, default=Path("reference/claims.yaml"), help="the claims file")
     ap.add_argument("--collapse-margin", type=float, default=Noise.collapse_margin,
                     help="ACC <= chance + this x (100 - chance) is a collapsed model (it fails every claim on its cell)")
+    ap.add_argument("--profile", help="the profile whose expected failures apply (default: the table's profile "
+                                      "column)")
     args = ap.parse_args(argv)
     long, _ = load_table(args.table)
-    results = evaluate_claims(load_claims(args.claims), long, Noise(collapse_margin=args.collapse_margin))
-    print(f"# Claims of {args.claims} on {args.table}\n\n{checklist(results)}")
-    return 0 if all(r.holds for r in results) else 1
+    profile = args.profile or table_profile(args.table)
+    results = evaluate_claims(load_claims(args.claims), long, Noise(collapse_margin=args.collapse_margin), profile)
+    print(f"# Claims of {args.claims} on {args.table} (profile {profile or 'unknown'})\n\n{checklist(results)}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def table_profile(spec: str) -> str | None:
+    """The ``profile`` column of a table.csv given as a file (one value), else None."""
+    path = Path(spec)
+    if not path.is_file():
+        return None
+    try:
+        profiles = pd.read_csv(path, usecols=["profile"])["profile"].dropna().unique()
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return None
+    return str(profiles[0]) if len(profiles) == 1 else None

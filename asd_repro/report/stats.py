@@ -1,13 +1,8 @@
-"""The noise model of a table: seed statistics per cell, the binomial floor of a test-set metric, tolerances.
+"""Seed statistics of a table: per-cell summaries, collapsed models, the binomial SE of a test-set metric.
 
 A cell is one (dataset, attack, defense) over its seeds. ACC is summarised as mean +- sample std (n); ASR, which
 is bimodal (a defense works or it does not), as median [min-max] with the number of seeds in which the attack
-succeeded. A tolerance between two values of a cell is ``max(k * seed std, z * binomial SE, abs_floor)``:
-- seed std: the sample standard deviation over seeds (pooled over both sides when comparing two tables), which
-  covers what a seed moves (assets, poisoned draw, initialisation, data order) and what a machine moves;
-- binomial SE: ``100 * sqrt(p (1 - p) / n)`` of a proportion measured on n test images (~0.5 points for ACC 97%
-  on 1,000 images), times sqrt(2) for a difference of two measurements;
-- abs_floor: the smallest difference worth a verdict.
+succeeded. Whether two groups of seeds differ is decided by the calibrated test in ``report/gate.py``.
 """
 
 from __future__ import annotations
@@ -24,11 +19,8 @@ CENTRE = {"acc": "mean", "asr": "median"}
 
 @dataclass(frozen=True)
 class Noise:
-    """The knobs of the noise model (``stages.table.*`` / ``asd-repro compare`` options)."""
+    """What a seed's value means: a collapsed model, a succeeded attack (``stages.table.*`` options)."""
 
-    k: float = 2.0  # multiples of the seed std
-    z: float = 2.0  # multiples of the binomial SE (the binomial floor)
-    abs_floor: float = 1.0  # points
     collapse_margin: float = 0.1  # ACC <= chance + this x (100 - chance) is a collapsed model (19% of 10 classes)
     asr_success: float = 50.0  # a seed's attack succeeded at ASR >= this (%)
 
@@ -41,15 +33,6 @@ class Noise:
         """Which rows of a long table (columns ``acc``, ``num_classes``) hold a collapsed model."""
         return [self.collapsed(a, None if c is None or c != c else int(c)) for a, c in zip(rows["acc"],
                                                                                         rows["num_classes"])]
-
-    def tolerance(self, metric: str, std: float, p: float, n: float, both_measured: bool = True) -> float:
-        """The tolerance (points) of a difference in ``metric`` with seed std ``std``, value ``p`` (%) on n images."""
-        parts = [self.abs_floor]
-        if std is not None and not math.isnan(std):
-            parts.append(self.k * std)
-        if n and p is not None and not math.isnan(p):
-            parts.append(self.z * binomial_se(p, n) * (math.sqrt(2) if both_measured else 1.0))
-        return max(parts)
 
 
 def collapse_threshold(num_classes: int, margin: float) -> float:

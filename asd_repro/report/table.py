@@ -3,8 +3,8 @@
 Rows are dataset x attack plus an Average row per dataset; columns are defense x {ACC, ASR}. A cell that was not
 run is empty, never 0. A cell shows ACC as mean ± sample std (n seeds) and ASR as median [min–max] with the number
 of seeds in which the attack succeeded; a collapsed model (ACC near chance) is marked and never read as a defense
-that worked. The diff against the paper gives each cell a verdict within a tolerance (``stats.Noise``).
-Averages are over the attacks that were run (per seed, then summarised).
+that worked. The diff against the paper and the power section use the calibrated test of ``report/gate.py``
+(the same one as ``asd-repro compare``). Averages are over the attacks that were run (per seed, then summarised).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from asd_repro.errors import UserError
+from asd_repro.report.gate import MAX_SEEDS, Gate, judge, significant
 from asd_repro.report.stats import Noise, fmt_acc, fmt_asr, summarise
 
 PAPER_ATTACKS = ["badnets", "blend", "wanet", "iab", "refool", "clb"]
@@ -122,28 +123,60 @@ def paper_reference(paper: pd.DataFrame, datasets: list[str], paper_dataset: dic
     return (pd.concat(parts, ignore_index=True) if parts else paper.iloc[0:0]), compared
 
 
-def paper_diff(summary: pd.DataFrame, ref: pd.DataFrame, noise: Noise) -> pd.DataFrame:
-    """Ours (ACC mean, ASR median) minus the paper per cell, with a tolerance and a verdict.
+def _pairs(long: pd.DataFrame, other: dict[tuple, dict[str, float]] | None, cells: list[tuple]) -> list[dict]:
+    """The gate's input for ``cells``: our per-seed values against ``other``'s numbers (None: against themselves)."""
+    groups = {k: g for k, g in long.groupby(KEY, sort=False)}
+    pairs = []
+    for key in cells:
+        g = groups[key]
+        for m, size in (("acc", "n_clean"), ("asr", "n_asr")):
+            ours = g[m].to_numpy(float)
+            pairs.append({**dict(zip(KEY, key)), "metric": m, "a": ours,
+                          **({"b": ours} if other is None else {"value": other[key][m]}),
+                          "n_images": float(g[size].mean()) if g[size].notna().any() else float("nan"),
+                          "num_classes": float(g["num_classes"].dropna().iloc[0]) if g["num_classes"].notna().any()
+                          else float("nan")})
+    return pairs
 
-    The paper reports one number, so the tolerance is one-sided in its noise: ``max(k * our seed std, z * binomial
-    SE of our value, abs_floor)``. The Average row compares the same attacks.
+
+def paper_diff(long: pd.DataFrame, ref: pd.DataFrame, noise: Noise, gate: Gate) -> pd.DataFrame:
+    """Ours minus the paper per cell (ACC and ASR means), judged by the calibrated gate.
+
+    Our seeds are tested against the paper's number (a one-sample t-test with the gate's measurement floor, all
+    cells together with the gate's correction): **differs** (significant), **consistent** (not significant, and
+    the cell could have seen a difference of the readable size), **underpowered** (it could not, or our seeds are
+    bimodal there). The Average row compares the same attacks.
     """
-    ran = ref.merge(summary[KEY][summary["attack"] != "average"], on=KEY)
+    ran = ref.merge(long[KEY].drop_duplicates()[long[KEY].drop_duplicates()["attack"] != "average"], on=KEY)
     if ran.empty:
         return pd.DataFrame()
     avg = ran.groupby(["dataset", "defense"], as_index=False)[list(METRICS)].mean()
     avg["attack"] = "average"
     ref_all = pd.concat([ran, avg[ran.columns]], ignore_index=True)
-    merged = summary.merge(ref_all[KEY + list(METRICS)].rename(columns={m: f"{m}_paper" for m in METRICS}),
-                           on=KEY, how="inner")
-    for m in METRICS:
-        ours = merged[f"{m}_centre"]
-        merged[f"{m}_diff"] = ours - merged[f"{m}_paper"]
-        merged[f"{m}_tol"] = [noise.tolerance(m, s, p, n, both_measured=False) for s, p, n in
-                              zip(merged[f"{m}_std"], ours, merged["n_clean" if m == "acc" else "n_asr"])]
-        merged[f"{m}_verdict"] = ["within" if abs(d) <= t else "outside"
-                                  for d, t in zip(merged[f"{m}_diff"], merged[f"{m}_tol"])]
-    return merged
+    paper = {tuple(r[k] for k in KEY): {m: float(r[m]) for m in METRICS} for r in ref_all.to_dict("records")}
+    cells = [k for k in long[KEY].drop_duplicates().itertuples(index=False, name=None) if k in paper]
+    judged = judge(_pairs(long, paper, cells), noise, gate, power=False)
+    means = long.groupby(KEY)[list(METRICS)].mean()
+    rows = {}
+    for r in judged.to_dict("records"):
+        key, m = tuple(r[k] for k in KEY), r["metric"]
+        diff = float(means.loc[key, m]) - paper[key][m]
+        verdict = ("differs" if significant(r["p_adj"], diff if r["route"] == "t" else float("inf"), gate)
+                   else ("consistent" if r["readable"] else "underpowered"))
+        row = rows.setdefault(key, dict(zip(KEY, key)))
+        row.update({f"{m}_paper": paper[key][m], f"{m}_diff": diff, f"{m}_p": r["p_adj"],
+                    f"{m}_verdict": verdict})
+    return pd.DataFrame(list(rows.values()))
+
+
+def power(long: pd.DataFrame, noise: Noise, gate: Gate) -> pd.DataFrame:
+    """Per cell and metric: the smallest change a regeneration with as many seeds could be called changed for
+    (``detectable``), whether that is within the readable size, and the seeds a side that would make it so."""
+    cells = [k for k in long[KEY].drop_duplicates().itertuples(index=False, name=None) if k[1] != "average"]
+    if not cells:
+        return pd.DataFrame()
+    judged = judge(_pairs(long, None, cells), noise, gate)
+    return judged[KEY + ["metric", "route", "detectable", "readable", "seeds_needed"]]
 
 
 def _grid(values: dict[tuple[str, str, str], tuple[str, str]], datasets: list[str], attacks: list[str]) -> str:
@@ -229,18 +262,53 @@ def failed_attacks(long: pd.DataFrame, implant: float = 90.0) -> dict[tuple[str,
     return out
 
 
+def _power_section(powers: pd.DataFrame, found: pd.DataFrame, gate: Gate, datasets: list[str], attacks: list[str],
+                   decimals: int) -> list[str]:
+    """The table's power: per cell, the smallest change a regeneration with as many seeds could detect."""
+    def cell(r: Any) -> str:
+        need = ">" + str(MAX_SEEDS) if r.seeds_needed == float("inf") else str(int(r.seeds_needed))
+        seen = "modes" if r.route == "modes" else (
+            "-" if r.detectable == float("inf") else f"{r.detectable:.{decimals}f}")
+        return seen + ("" if r.readable else f" **({need})**")
+
+    by_cell: dict[tuple, dict[str, str]] = {}
+    for r in powers.itertuples():
+        by_cell.setdefault((r.dataset, r.attack, r.defense), {})[r.metric] = cell(r)
+    grid = {k: (v.get("acc", ""), v.get("asr", "")) for k, v in by_cell.items()}
+    n_seeds = int(found.groupby(KEY)["seed"].nunique().median())
+    under = powers[~powers["readable"]]
+    lines = ["## Power", "",
+             f"The smallest change (points) that `asd-repro compare` would call changed between this table and a "
+             f"regeneration with as many seeds ({n_seeds} a cell), at each cell's spread ({gate.correction} over "
+             f"{len(powers)} cell-metrics, alpha {gate.alpha:g}). 'modes': a bimodal metric (some seeds on each "
+             "side of the ASR or collapse boundary), judged by how many seeds change mode. A cell that cannot "
+             f"detect {gate.readable_acc:g} ACC or {gate.readable_asr:g} ASR points is **underpowered**: its "
+             "verdicts say nothing; in bold, the seeds a side that would make it readable at the same spread.", ""]
+    counts = []
+    for k in range(n_seeds, n_seeds + 4):
+        counts.append(f"{int((powers['seeds_needed'] <= k).sum())} at {k} seeds")
+    lines += [f"Readable cell-metrics: {len(powers) - len(under)} of {len(powers)} at {n_seeds} seeds "
+              f"(ACC {int((powers[powers.metric == 'acc']['readable']).sum())}, ASR "
+              f"{int((powers[powers.metric == 'asr']['readable']).sum())}); with more seeds at the same spread: " +
+              ", ".join(counts[1:]) + ".", "", _grid(grid, datasets, attacks), ""]
+    return lines
+
+
 def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: list[str],
              paper_dataset: dict[str, str], decimals: int = 1, noise: Noise | None = None,
-             claims: list[Any] | None = None, implant: float = 90.0) -> dict[str, str]:
+             claims: list[Any] | None = None, implant: float = 90.0, gate: Gate | None = None) -> dict[str, str]:
     """The output files' texts: table.md, table.csv (every seed, long) and summary.csv (one row a cell)."""
+    from tabulate import tabulate
+
     from asd_repro.report.claims import checklist
 
-    noise = noise or Noise()
+    noise, gate = noise or Noise(), gate or Gate()
     attacks = PAPER_ATTACKS + sorted(set(found["attack"]) - set(PAPER_ATTACKS))
     long = with_average_seeds(found)
     summary = summary_table(long, noise)
     ref, compared = paper_reference(paper, datasets, paper_dataset)
-    diff = paper_diff(summary, ref, noise) if len(ref) else pd.DataFrame()
+    diff = paper_diff(long, ref, noise, gate) if len(ref) else pd.DataFrame()
+    powers = power(found, noise, gate) if len(found) else pd.DataFrame()
 
     ours = {}
     for r in summary.to_dict("records"):
@@ -285,6 +353,8 @@ def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: l
                   "column, and its widest cell. Differences smaller than about twice these are noise.", "",
                   tabulate(body, headers=["Dataset", "Defense", "ACC pooled std", "ACC widest", "ASR pooled std",
                                           "ASR widest"], tablefmt="pipe", disable_numparse=True), ""]
+    if len(powers):
+        lines += _power_section(powers, found, gate, datasets, attacks, decimals)
     if claims:
         lines += ["## Claims", "", checklist(claims), ""]
     if len(diff):
@@ -293,23 +363,27 @@ def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: l
         paper_cells = {(r.dataset, r.attack, r.defense): (f"{r.acc_paper:.{decimals}f}", f"{r.asr_paper:.{decimals}f}")
                        for r in diff.itertuples()}
         diff_cells = {}
+        mark = {"differs": " **differs**", "underpowered": " (?)", "consistent": ""}
         for r in diff.itertuples():
             diff_cells[(r.dataset, r.attack, r.defense)] = tuple(
-                f"{getattr(r, f'{m}_diff'):+.{decimals}f} ±{getattr(r, f'{m}_tol'):.{decimals}f}"
-                + ("" if getattr(r, f"{m}_verdict") == "within" else " **out**") for m in METRICS)
-        outside = int(sum((diff[f"{m}_verdict"] == "outside").sum() for m in METRICS))
+                f"{getattr(r, f'{m}_diff'):+.{decimals}f}" + mark[getattr(r, f"{m}_verdict")] for m in METRICS)
+        counts = {v: int(sum((diff[f"{m}_verdict"] == v).sum() for m in METRICS))
+                  for v in ("differs", "consistent", "underpowered")}
         pat = pattern(found, ref, noise)
         pat_cells = {(r.dataset, r.attack, r.defense): f"{r.paper}; ours {r.stopped}/{r.n}: " + (
             f"**{r.verdict}**" if r.verdict != "agrees" else r.verdict) for r in pat.itertuples()}
         lines += ["## Paper", "", "The paper's values for the same cells" + (f" ({note}: a stand-in, not the same "
                   "dataset)" if note else "") + ".", "", _grid(paper_cells, datasets, attacks), "",
                   "## Ours minus paper", "",
-                  "Ours (ACC mean, ASR median) minus the paper's, ± the tolerance max(k x seed std, z x binomial SE, "
-                  f"floor) with k = {noise.k:g}, z = {noise.z:g} and floor {noise.abs_floor:g} points; **out**: outside it "
-                  f"({outside} of {2 * len(diff)} values). Only cells that were run; the Average row compares the "
-                  "same attacks." + (" Against a stand-in dataset the ACC verdicts compare two datasets and are "
-                                     "expected to be out; the ASR verdicts and the pattern below carry over."
-                                     if note else ""), "", _grid(diff_cells, datasets, attacks), "",
+                  "Our mean minus the paper's value, judged by the calibrated statistics of `asd-repro compare` (our "
+                  f"seeds against the paper's number, {gate.correction} correction over all "
+                  f"{2 * len(diff)} values, alpha {gate.alpha:g}): **differs**; (?): underpowered, our seeds could not "
+                  f"detect {gate.readable_acc:g} ACC or {gate.readable_asr:g} ASR points there, so agreement means "
+                  "nothing; otherwise consistent. Counts: " + ", ".join(f"{v} {c}" for v, c in counts.items()) +
+                  ". Only cells that were run; the Average row compares the same attacks." + (
+                      " Against a stand-in dataset the ACC verdicts compare two datasets and are expected to differ; "
+                      "the ASR verdicts and the pattern below carry over." if note else ""), "",
+                  _grid(diff_cells, datasets, attacks), "",
                   "## Pattern against the paper", "",
                   f"Which defenses stop which attacks (ASR below {noise.asr_success:g}): the paper's outcome, and in "
                   "how many of our seeds the defense stopped the attack. **disagrees**: in every seed (a finding "
@@ -326,9 +400,15 @@ def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: l
         return df.sort_values(KEY + extra, key=lambda s: s.map(order_a) if s.name == "attack" else
                               (s.map(order_f) if s.name == "defense" else s)).reset_index(drop=True)
 
-    out_summary = summary if not len(diff) else summary.merge(
-        diff[KEY + [c for c in diff.columns if c.endswith(("_paper", "_diff", "_tol", "_verdict"))]], on=KEY,
-        how="left")
+    out_summary = summary
+    if len(powers):
+        wide = powers.pivot_table(index=KEY, columns="metric", values=["detectable", "seeds_needed"], aggfunc="first")
+        wide.columns = [f"{m}_{stat}" for stat, m in wide.columns]
+        out_summary = out_summary.merge(wide.reset_index(), on=KEY, how="left")
+    if len(diff):
+        out_summary = out_summary.merge(
+            diff[KEY + [c for c in diff.columns if c.endswith(("_paper", "_diff", "_p", "_verdict"))]], on=KEY,
+            how="left")
     out_summary.insert(0, "profile", profile)
     out_summary.insert(1, "paper_dataset", out_summary["dataset"].map(compared))
     return {"table.md": "\n".join(lines),
