@@ -172,3 +172,32 @@ def test_missing_required_value(tmp_path, capsys, repo_cwd):
     rc, err = _run(capsys, ["assets", "badnets", "--clean", clean, "--out", tmp_path / "o",
                             "--gin", "params/base.gin", "params/attacks/badnets.gin"])  # no --seed: SEED unbound
     _assert_one_line_error(rc, err, "SEED")
+
+
+@pytest.mark.slow
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`asd-repro config ... | head -1`: exit 0, nothing on stderr."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run("asd-repro config mnist5k badnets asd --values | head -1; echo \"rc=${PIPESTATUS[0]}\"",
+                         shell=True, executable="/bin/bash", cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.stdout.startswith("######## ") and run.stdout.strip().endswith("rc=0"), run.stdout + run.stderr
+    assert run.stderr == ""
+
+
+def test_a_gate_cut_short_exits_141_never_0(monkeypatch):
+    import os
+    import sys
+
+    from asd_repro.report.cli import run
+
+    table = str(Path(__file__).resolve().parents[1] / "results" / "mini" / "table.csv")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    out = os.fdopen(write, "w")
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        assert run("compare", [table, table]) == 141
+    finally:
+        out.close()

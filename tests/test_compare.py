@@ -132,3 +132,15 @@ def test_the_gate_options_are_settable_and_checked(tmp_path):
     assert main(["compare", str(base), str(new), "--alpha", "0.5", "--min-effect", "2.5"]) == 0  # 2 points < 2.5
     assert main(["compare", str(base), str(new), "--alpha", "0"]) == 2
     assert main(["compare", str(base), str(new), "--readable-acc", "-1"]) == 2
+
+
+def test_a_partly_regenerated_table_keeps_identical_for_the_cells_it_did_not_touch():
+    other = "torch 2.1, numpy 1.0, cpu Y, 2 threads, device cpu"
+    base = long_table(BASE)
+    new = base.copy()
+    asd = new["defense"] == "asd"
+    new.loc[asd, "environment"] = other  # ASD's cell re-ran on another machine, to the same values
+    verdicts = _verdicts(compare(base, new, Noise()))
+    assert verdicts[("none", "acc")] == verdicts[("none", "asr")] == "identical"
+    assert verdicts[("asd", "acc")] != "identical" and verdicts[("asd", "asr")] != "identical"
+    assert _verdicts(compare(base, new, Noise(), exact=True))[("asd", "acc")] == "identical"  # --exact: values only

@@ -55,3 +55,13 @@ def test_lock_is_fresh_until_code_params_or_a_command_change(tmp_path, dvc_on_pa
 def test_no_lock_is_bad_input(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "dvc.lock: not found" in capsys.readouterr().err
+
+
+def test_a_new_output_is_stale_and_a_missing_one_is_not():
+    from asd_repro.report.staleness import stale_stages
+
+    status = {"table": [{"changed outs": {"results/mini": "not in cache", "views/mini": "deleted"}}],
+              "evaluate@a": [{"changed outs": {"metrics/mini/a": "deleted"}}]}
+    lock_outs = {"table": {"results/mini"}, "evaluate@a": {"metrics/mini/a"}}
+    stale = stale_stages(status, set().union(*lock_outs.values()), set(lock_outs), lock_outs)
+    assert stale == {"table": ["views/mini is a new output"]}  # a fresh clone's missing outputs are not staleness

@@ -7,17 +7,22 @@ command line (``asd_repro/cli.py``, a dependency of every training stage).
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
+
+
+GATES = ("compare", "claims")  # commands whose exit status is a verdict
 
 
 def _table(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="asd-repro table", description="assemble results/<profile>/ from the metrics")
-    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True, help="the evaluate stage's per-seed metrics folder")
     ap.add_argument("--curves", type=Path, help="the per-epoch curves, for the figures")
-    ap.add_argument("--paper", type=Path, required=True)
+    ap.add_argument("--paper", type=Path, required=True, help="the paper's table (reference/paper_table.csv)")
     ap.add_argument("--claims", type=Path, help="a claims file (reference/claims.yaml) to check in table.md")
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="the experiment matrix (default %(default)s)")
+    ap.add_argument("--out", type=Path, required=True, help="the folder to write (results/<profile>), replaced whole")
     ap.add_argument("--gin", nargs="+", default=[], metavar="FILE", help="gin files (the profile's common.gin)")
     ap.add_argument("--bind", action="append", default=[], metavar="BINDING", help="extra gin binding (repeatable)")
     args = ap.parse_args(argv)
@@ -38,7 +43,22 @@ def _table(argv: list[str]) -> int:
 
 
 def run(command: str, argv: list[str]) -> int:
-    """Run one report command; its exit status (compare and claims are gates: 1 means a change or a failure)."""
+    """Run one report command; its exit status (compare and claims are gates: 1 means a change or a failure).
+
+    A reader that stops early (``asd-repro config ... | head``) ends the output quietly, with no traceback: exit 0
+    for the informational commands, and 141 (128 + SIGPIPE, as a C tool gets) for the gates, whose verdict was
+    not all read, so that a truncated gate never passes under ``set -o pipefail``.
+    """
+    try:
+        status = _dispatch(command, argv)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail
+        return 141 if command in GATES else 0
+
+
+def _dispatch(command: str, argv: list[str]) -> int:
     if command == "table":
         return _table(argv)
     if command == "compare":

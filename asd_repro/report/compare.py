@@ -4,7 +4,7 @@ BASE and NEW are each a per-seed ``table.csv``, a metrics folder (``metrics/<pro
 in git (``HEAD~1:results/mini/table.csv``). Every cell's ACC and ASR is tested on its per-seed values, all cells
 together (``report/gate.py``: a t-test with the test set's measurement floor, Fisher's exact test on the modes of a
 bimodal metric, Holm's correction over the whole table), and gets a verdict:
-- identical: every seed's value equal, and both tables from the same environment;
+- identical: every seed's value equal, and the cell's seeds on both sides from one recorded environment;
 - changed: the corrected p is below alpha and the difference is at least the minimal effect;
 - underpowered: not changed, but at these seeds and this spread the cell could not have detected a change of the
   readable size (3 ACC, 20 ASR points by default): it cannot be judged, which is not "within noise";
@@ -93,8 +93,6 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, noise: Noise | None = None, g
             exact: bool = False, power: bool = True) -> pd.DataFrame:
     """One row per cell and metric: the two sides' statistic, their difference, corrected p, power and verdict."""
     noise, gate = noise or Noise(), gate or Gate()
-    same_env = set(base["environment"]) == set(new["environment"]) and len(set(base["environment"])) == 1 \
-        and "" not in set(base["environment"])
     cells_b = {k: g for k, g in base.sort_values("seed", kind="stable").groupby(KEY, sort=False)}
     cells_n = {k: g for k, g in new.sort_values("seed", kind="stable").groupby(KEY, sort=False)}
     pairs, absent = [], []
@@ -113,7 +111,9 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, noise: Noise | None = None, g
                 (np.round(vb, 6) == np.round(vn, 6)).all())
             size = pd.concat([b["n_clean" if m == "acc" else "n_asr"], n["n_clean" if m == "acc" else "n_asr"]])
             classes = pd.concat([b["num_classes"], n["num_classes"]]).dropna()
-            pairs.append({**row, "a": vb, "b": vn, "equal": equal,
+            envs = set(b["environment"]) | set(n["environment"])  # the cell's seeds, both sides: one recorded env
+            same_env = len(envs) == 1 and "" not in envs
+            pairs.append({**row, "a": vb, "b": vn, "equal": equal, "same_env": same_env,
                           "n_images": float(size.dropna().mean()) if size.notna().any() else float("nan"),
                           "num_classes": float(classes.iloc[0]) if len(classes) else float("nan")})
     judged = judge(pairs, noise, gate, power) if pairs else pd.DataFrame()
@@ -126,7 +126,7 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, noise: Noise | None = None, g
         else:
             stat, vb, vn = "mean", float(np.nanmean(a)), float(np.nanmean(b))
         diff = vn - vb
-        verdict = verdict_of(r, diff, r["equal"] and (same_env or exact), exact, gate)
+        verdict = verdict_of(r, diff, r["equal"] and (exact or r["same_env"]), exact, gate)
         rows.append({**{k: r[k] for k in KEY + ["metric"]}, "stat": stat, "base": vb, "new": vn, "diff": diff,
                      "p_adj": r["p_adj"], "detectable": r["detectable"], "seeds_needed": r["seeds_needed"],
                      "verdict": verdict})
@@ -151,7 +151,8 @@ def report(result: pd.DataFrame, base_label: str, new_label: str, base: pd.DataF
                   f"at most {gate.alpha:g}. Changed also needs a difference of at least {gate.min_effect:g} point(s).",
                   ""]
     if envs_b != envs_n:
-        lines += ["Environments differ, so no cell can be 'identical':",
+        lines += ["Environments differ: only a cell whose seeds come from one environment on both sides can be "
+                  "'identical':",
                   f"- base: {'; '.join(envs_b) or 'unrecorded'}", f"- new: {'; '.join(envs_n) or 'unrecorded'}", ""]
     else:
         lines += [f"Environment (both): {'; '.join(envs_b) or 'unrecorded'}", ""]

@@ -36,7 +36,7 @@ def table(metrics: Path, curves: Path | None, paper_csv: Path, claims_file: Path
     """
     from asd_repro.io import atomic_dir
     from asd_repro.report import figures as figs
-    from asd_repro.report.claims import evaluate_claims, load_claims
+    from asd_repro.report.claims import checklist, evaluate_claims, load_claims
     from asd_repro.report.dvcviews import PLOTS, VIEWS, write_curves, write_views
     from asd_repro.report.gate import Gate
     from asd_repro.report.stats import Noise
@@ -47,7 +47,8 @@ def table(metrics: Path, curves: Path | None, paper_csv: Path, claims_file: Path
     found = collect_metrics(Path(metrics), datasets, attacks, defenses, seeds)
     paper = load_paper(Path(paper_csv))
     claims = evaluate_claims(load_claims(Path(claims_file)), found, noise, profile) if claims_file else []
-    files = assemble(found, paper, profile, datasets, paper_dataset or {}, decimals, noise, claims, gate=gate)
+    files = assemble(found, paper, profile, datasets, paper_dataset or {}, decimals, noise,
+                     checklist(claims) if claims else "", gate=gate)
     with atomic_dir(out) as tmp:
         for name, text in files.items():
             (tmp / name).write_text(text)

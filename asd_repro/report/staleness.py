@@ -1,7 +1,7 @@
 """Is the committed ``dvc.lock`` stale against the code, gin files and params? A check that needs no data.
 
 ``python -m asd_repro.report.staleness`` (in the project root) exits 0 when every stage's git-tracked deps
-(code, gin files, reference tables), params and command match ``dvc.lock``, 1 naming the stages that ``dvc repro``
+(code, gin files, reference tables), params, command and declared outputs match ``dvc.lock``, 1 naming the stages that ``dvc repro``
 would re-run because of them (or the lock's entries for stages that ``dvc.yaml`` no longer defines, which DVC keeps
 and never uses), 2 when DVC cannot tell. Deps that are other stages' outputs (the prepared data,
 models, metrics) are absent on a fresh clone and not judged: they are what ``dvc repro`` rebuilds.
@@ -25,14 +25,22 @@ def produced(path: str, outs: set[str]) -> bool:
     return any(path == o or path.startswith(o + "/") or o.startswith(path + "/") for o in outs)
 
 
-def stale_stages(status: dict, outs: set[str], lock_stages: set[str]) -> dict[str, list[str]]:
-    """stage -> why it would re-run, from ``dvc status --json``, ignoring deps that stages produce."""
+def stale_stages(status: dict, outs: set[str], lock_stages: set[str],
+                 lock_outs: dict[str, set[str]] | None = None) -> dict[str, list[str]]:
+    """stage -> why it would re-run, from ``dvc status --json``, ignoring deps that stages produce and outputs that
+    are only missing (a fresh clone has none); an output that ``dvc.yaml`` declares and the lock's entry for the
+    stage does not hold (``lock_outs``) is a changed stage definition."""
     stale: dict[str, list[str]] = {}
     for stage, items in status.items():
         name = stage.split(":")[-1]
         if name not in lock_stages:
             stale.setdefault(name, []).append("not in dvc.lock")
             continue
+        for item in items:
+            if isinstance(item, dict) and lock_outs is not None:
+                for path in item.get("changed outs", {}):
+                    if path.rstrip("/") not in lock_outs.get(name, set()):
+                        stale.setdefault(name, []).append(f"{path} is a new output")
         for item in items:
             if isinstance(item, str):  # e.g. "changed command", "always changed"
                 stale.setdefault(name, []).append(item)
@@ -67,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if run.returncode != 0:
         print(f"dvc status failed: {(run.stderr.strip().splitlines() or ['no message'])[-1]}", file=sys.stderr)
         return 2
-    stale = stale_stages(status, stage_outputs(lock), set(lock.get("stages", {})))
+    lock_outs = {name: {o["path"].rstrip("/") for o in s.get("outs", [])} for name, s in lock.get("stages", {}).items()}
+    stale = stale_stages(status, stage_outputs(lock), set(lock.get("stages", {})), lock_outs)
     listed = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=root, capture_output=True, text=True,
                             timeout=300)
     stages = set(listed.stdout.split()) if listed.returncode == 0 else set(lock.get("stages", {}))

@@ -296,11 +296,12 @@ def _power_section(powers: pd.DataFrame, found: pd.DataFrame, gate: Gate, datase
 
 def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: list[str],
              paper_dataset: dict[str, str], decimals: int = 1, noise: Noise | None = None,
-             claims: list[Any] | None = None, implant: float = 90.0, gate: Gate | None = None) -> dict[str, str]:
-    """The output files' texts: table.md, table.csv (every seed, long) and summary.csv (one row a cell)."""
-    from tabulate import tabulate
+             claims: str = "", implant: float = 90.0, gate: Gate | None = None) -> dict[str, str]:
+    """The output files' texts: table.md, table.csv (every seed, long) and summary.csv (one row a cell).
 
-    from asd_repro.report.claims import checklist
+    ``claims``: the claims checklist, already rendered (``claims.checklist``), or "" for none.
+    """
+    from tabulate import tabulate
 
     noise, gate = noise or Noise(), gate or Gate()
     attacks = PAPER_ATTACKS + sorted(set(found["attack"]) - set(PAPER_ATTACKS))
@@ -356,7 +357,7 @@ def assemble(found: pd.DataFrame, paper: pd.DataFrame, profile: str, datasets: l
     if len(powers):
         lines += _power_section(powers, found, gate, datasets, attacks, decimals)
     if claims:
-        lines += ["## Claims", "", checklist(claims), ""]
+        lines += ["## Claims", "", claims, ""]
     if len(diff):
         stand_ins = {d: r for d, r in compared.items() if r is not None and r != d}
         note = "; ".join(f"our {label(d)} is compared with the paper's {label(r)}" for d, r in stand_ins.items())
