@@ -43,8 +43,11 @@ def main(out: Path) -> int:
                 print(f"smoke table: `{' '.join(cmd)}` failed with exit status {run.returncode}", file=sys.stderr)
                 return 1
         out.mkdir(parents=True, exist_ok=True)
-        for f in (work / "results" / "smoke").iterdir():
-            shutil.copy2(f, out / f.name)
+        for f in (work / "results" / "smoke").iterdir():  # the tables, figures and DVC's metrics and plots views
+            if f.is_dir():
+                shutil.copytree(f, out / f.name, dirs_exist_ok=True)
+            else:
+                shutil.copy2(f, out / f.name)
     print(f"smoke table ({len(MATRIX['attacks'])} attacks x 3 defenses x {len(MATRIX['seeds'])} seeds) -> {out}")
     return 0
 
