@@ -28,14 +28,19 @@ def _repro(work):
     return run, set(re.findall(r"\] (\S+) done in", run.stdout))
 
 
-@pytest.mark.slow
-def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
-    work = tmp_path / "repo"
+def copy_repo(work: Path) -> Path:
+    """The files a pipeline run needs (``COPY``), copied into a new folder ``work``."""
     work.mkdir()
     for name in COPY:
         src = REPO / name
         (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
          else shutil.copy(src, work / name))
+    return work
+
+
+@pytest.mark.slow
+def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
+    work = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((work / "params.yaml").read_text())
     params.update(profile="smoke", datasets=["mnist5k"], attacks=["badnets", "blend"], seeds=[100],
                   defenses={"scratch": ["none", "asd"], "repair": ["fp"], "selfsup": ["dbd"]})

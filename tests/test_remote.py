@@ -1,24 +1,17 @@
 """Results shared through a DVC remote: a table built on one machine comes back on a fresh clone with `dvc pull`,
 up to date and identical, with nothing recomputed (a local-directory remote stands in for S3, SSH or a lab share)."""
 
-import shutil
-
 import pytest
 import yaml
 
-from test_pipeline import COPY, REPO, _repro, _run
+from test_pipeline import _repro, _run, copy_repo
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 
 
 @pytest.mark.slow
 def test_push_then_pull_into_a_fresh_clone_gives_the_same_table_and_a_clean_status(tmp_path):
-    built, remote = tmp_path / "built", tmp_path / "remote"
-    built.mkdir()
-    for name in COPY:
-        src = REPO / name
-        (shutil.copytree(src, built / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
-         else shutil.copy(src, built / name))
+    built, remote = copy_repo(tmp_path / "built"), tmp_path / "remote"
     params = yaml.safe_load((built / "params.yaml").read_text())
     params.update(profile="smoke", datasets=["mnist5k"], attacks=["badnets"], seeds=[100],
                   defenses={"scratch": ["none"], "repair": [], "selfsup": []})

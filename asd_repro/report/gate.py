@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from asd_repro.report.stats import Noise, collapse_threshold
+from asd_repro.report.stats import Noise, binomial_se, collapse_threshold
 
 MAX_SEEDS = 30  # seeds_needed beyond this is reported as "> MAX_SEEDS"
 
@@ -71,23 +72,34 @@ def upper_mode(values: np.ndarray, metric: str, boundary: float) -> np.ndarray:
     return values >= boundary if metric == "asr" else values > boundary
 
 
+def _straddles(values: np.ndarray, metric: str, boundary: float | None) -> bool:
+    """Whether ``values`` sit on both sides of the mode boundary (a bimodal metric there)."""
+    if boundary is None:
+        return False
+    upper = upper_mode(values, metric, boundary)
+    return bool(upper.any() and not upper.all())
+
+
+def _blank() -> dict:
+    """An assessment before any test: no route, no p, nothing detectable."""
+    return {"route": "", "boundary": float("nan"), "p": float("nan"), "sd": float("nan"), "dof": 0,
+            "detectable": float("inf"), "readable": False, "seeds_needed": float("inf")}
+
+
 def measurement_sd(p: float, n_images: float | None) -> float:
     """SD (points) of one seed's percentage measured on ``n_images`` images (Agresti-Coull: never 0 at 0 or 100%)."""
     if not n_images or math.isnan(n_images) or math.isnan(p):
         return 0.0
-    q = (min(max(p / 100.0, 0.0), 1.0) * n_images + 2.0) / (n_images + 4.0)
-    return 100.0 * math.sqrt(q * (1.0 - q) / n_images)
+    q = (min(max(p / 100.0, 0.0), 1.0) * n_images + 2.0) / (n_images + 4.0)  # two successes and two failures added
+    return binomial_se(100.0 * q, n_images)
 
 
-def _pooled_sd(a: np.ndarray, b: np.ndarray, floor: float) -> tuple[float, int]:
-    """Pooled SD of two groups, each group's SD floored at ``floor``; and the degrees of freedom."""
-    dof = max(len(a) - 1, 0) + max(len(b) - 1, 0)
-    if dof == 0:
-        return float("nan"), 0
-    ss = sum((len(g) - 1) * max(g.std(ddof=1), floor) ** 2 for g in (a, b) if len(g) >= 2)
-    return math.sqrt(ss / dof), dof
+def _floored_sd(g: np.ndarray, floor: float) -> float:
+    """A group's sample SD floored at ``floor``; 0 for a group of one, which has none (and no weight when pooled)."""
+    return max(float(g.std(ddof=1)), floor) if len(g) >= 2 else 0.0
 
 
+@lru_cache(maxsize=None)
 def _fisher_min_p(n_a: int, n_b: int) -> float:
     """The smallest two-sided p of Fisher's exact test between groups of n_a and n_b (every seed in one mode each)."""
     from scipy.stats import fisher_exact
@@ -97,6 +109,7 @@ def _fisher_min_p(n_a: int, n_b: int) -> float:
     return float(fisher_exact([[n_a, 0], [0, n_b]]).pvalue)
 
 
+@lru_cache(maxsize=None)
 def _critical_t(alpha_each: float, dof: int) -> float:
     from scipy.stats import t
 
@@ -125,18 +138,17 @@ def assess_against(a: Sequence[float], value: float, metric: str, n_images: floa
     from scipy.stats import t
 
     a = _clean(a)
-    out = {"route": "", "boundary": float("nan"), "p": float("nan"), "sd": float("nan"), "dof": 0,
-           "detectable": float("inf"), "readable": False, "seeds_needed": float("inf")}
+    out = _blank()
     if not len(a) or value is None or math.isnan(value):
         return out
     boundary = mode_boundary(metric, num_classes, noise)
-    if boundary is not None and upper_mode(a, metric, boundary).any() and not upper_mode(a, metric, boundary).all():
+    if _straddles(a, metric, boundary):
         out.update(route="modes", boundary=boundary)
         return out
     out["route"] = "t"
     if len(a) < 2:
         return out
-    sd = max(float(a.std(ddof=1)), measurement_sd(float(a.mean()), n_images))
+    sd = _floored_sd(a, measurement_sd(float(a.mean()), n_images))
     dof, se = len(a) - 1, sd / math.sqrt(len(a))
     stat = (float(a.mean()) - value) / se
     out.update(sd=sd, dof=dof, p=float(2.0 * t.sf(abs(stat), dof)))
@@ -154,15 +166,13 @@ def assess_cell(a: Sequence[float], b: Sequence[float], metric: str, n_images: f
     from scipy.stats import fisher_exact, ttest_ind_from_stats
 
     a, b = _clean(a), _clean(b)
-    out = {"route": "", "boundary": float("nan"), "p": float("nan"), "sd": float("nan"), "dof": 0, "detectable": float("inf"),
-           "readable": False, "seeds_needed": float("inf")}
+    out = _blank()
     if not len(a) or not len(b):
         return out
     alpha_each = gate.alpha / max(m, 1)
     boundary = mode_boundary(metric, num_classes, noise)
     both = np.concatenate([a, b])
-    if boundary is not None and upper_mode(both, metric, boundary).any() and not upper_mode(both, metric,
-                                                                                              boundary).all():
+    if _straddles(both, metric, boundary):
         k_a, k_b = int(upper_mode(a, metric, boundary).sum()), int(upper_mode(b, metric, boundary).sum())
         out.update(route="modes", boundary=boundary, p=float(fisher_exact([[k_a, len(a) - k_a], [k_b, len(b) - k_b]]).pvalue))
         out["readable"] = _fisher_min_p(len(a), len(b)) <= alpha_each
@@ -170,16 +180,17 @@ def assess_cell(a: Sequence[float], b: Sequence[float], metric: str, n_images: f
             out["seeds_needed"] = seeds_needed(metric, "modes", float("nan"), gate, m)
         return out
     floor = measurement_sd(float(both.mean()), n_images)
-    sd, dof = _pooled_sd(a, b, floor)
-    out.update(route="t", sd=sd, dof=dof)
+    dof = len(a) + len(b) - 2
+    out.update(route="t", dof=dof)
     if dof == 0:
         if power:
             out["seeds_needed"] = seeds_needed(metric, "t", floor, gate, m)
         return out
+    # the floored SDs enter scipy's pooled-variance t-test as each group's SD; their pooled SD sizes `detectable`
+    sd_a, sd_b = _floored_sd(a, floor), _floored_sd(b, floor)
+    sd = math.sqrt(((len(a) - 1) * sd_a ** 2 + (len(b) - 1) * sd_b ** 2) / dof)
+    out["sd"] = sd
     scale = math.sqrt(1.0 / len(a) + 1.0 / len(b))
-    # the floored SDs enter scipy's pooled-variance t-test as each group's SD (a group of one has none)
-    sd_a = max(a.std(ddof=1), floor) if len(a) >= 2 else 0.0
-    sd_b = max(b.std(ddof=1), floor) if len(b) >= 2 else 0.0
     res = ttest_ind_from_stats(a.mean(), sd_a, len(a), b.mean(), sd_b, len(b), equal_var=True)
     p = float(res.pvalue)
     out["p"] = 1.0 if math.isnan(p) else p  # equal means with zero spread: nothing to see
@@ -194,8 +205,8 @@ def judge(pairs: list[dict], noise: Noise, gate: Gate, power: bool = True) -> pd
     """Test every cell-metric of ``pairs`` together.
 
     Each item: ``a`` and ``b`` (per-seed values; or ``a`` and ``value``, a reported number such as the paper's),
-    ``metric``, ``n_images``, ``num_classes`` and any other keys, which are carried through. Adds route, p, p_adj, sd, dof, detectable, readable, seeds_needed, diff (b - a on the
-    metric's centre) and ``significant`` (corrected p < alpha and |diff| >= min_effect).
+    ``metric``, ``n_images``, ``num_classes`` and any other keys, which are carried through. Adds the assessment's
+    fields (route, boundary, p, sd, dof, detectable, readable, seeds_needed) and ``p_adj``, corrected over all items.
     """
     from statsmodels.stats.multitest import multipletests
 

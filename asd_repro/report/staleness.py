@@ -16,8 +16,14 @@ import sys
 from pathlib import Path
 
 
+def outputs_by_stage(lock: dict) -> dict[str, set[str]]:
+    """stage -> the output paths its entry in ``dvc.lock`` holds."""
+    return {name: {o["path"].rstrip("/") for o in s.get("outs", [])} for name, s in lock.get("stages", {}).items()}
+
+
 def stage_outputs(lock: dict) -> set[str]:
-    return {o["path"].rstrip("/") for s in lock.get("stages", {}).values() for o in s.get("outs", [])}
+    """Every output path in ``dvc.lock``."""
+    return set().union(*outputs_by_stage(lock).values())
 
 
 def produced(path: str, outs: set[str]) -> bool:
@@ -75,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     if run.returncode != 0:
         print(f"dvc status failed: {(run.stderr.strip().splitlines() or ['no message'])[-1]}", file=sys.stderr)
         return 2
-    lock_outs = {name: {o["path"].rstrip("/") for o in s.get("outs", [])} for name, s in lock.get("stages", {}).items()}
-    stale = stale_stages(status, stage_outputs(lock), set(lock.get("stages", {})), lock_outs)
+    lock_outs = outputs_by_stage(lock)
+    stale = stale_stages(status, set().union(*lock_outs.values()), set(lock_outs), lock_outs)
     listed = subprocess.run(["dvc", "stage", "list", "--name-only"], cwd=root, capture_output=True, text=True,
                             timeout=300)
     stages = set(listed.stdout.split()) if listed.returncode == 0 else set(lock.get("stages", {}))

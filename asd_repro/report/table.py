@@ -147,14 +147,15 @@ def paper_diff(long: pd.DataFrame, ref: pd.DataFrame, noise: Noise, gate: Gate) 
     the cell could have seen a difference of the readable size), **underpowered** (it could not, or our seeds are
     bimodal there). The Average row compares the same attacks.
     """
-    ran = ref.merge(long[KEY].drop_duplicates()[long[KEY].drop_duplicates()["attack"] != "average"], on=KEY)
+    ours = long[KEY].drop_duplicates()
+    ran = ref.merge(ours[ours["attack"] != "average"], on=KEY)
     if ran.empty:
         return pd.DataFrame()
     avg = ran.groupby(["dataset", "defense"], as_index=False)[list(METRICS)].mean()
     avg["attack"] = "average"
     ref_all = pd.concat([ran, avg[ran.columns]], ignore_index=True)
     paper = {tuple(r[k] for k in KEY): {m: float(r[m]) for m in METRICS} for r in ref_all.to_dict("records")}
-    cells = [k for k in long[KEY].drop_duplicates().itertuples(index=False, name=None) if k in paper]
+    cells = [k for k in ours.itertuples(index=False, name=None) if k in paper]
     judged = judge(_pairs(long, paper, cells), noise, gate, power=False)
     means = long.groupby(KEY)[list(METRICS)].mean()
     rows = {}
