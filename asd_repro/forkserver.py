@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Callable
 
 ENV = "ASD_REPRO_SERVER"
 
@@ -73,7 +74,7 @@ def delegate(argv: list[str]) -> int | None:
     return 1  # the child died without a status (killed): a failure, as the process itself would have been
 
 
-def _serve_one(conn: socket.socket) -> None:
+def _serve_one(conn: socket.socket, entry: Callable[[list[str]], int]) -> None:
     """In the forked child: become the client's process and run its command."""
     data, fds = _recv_fds(conn, 1 << 20, 3)
     while not data.endswith(b"\n"):
@@ -98,11 +99,9 @@ def _serve_one(conn: socket.socket) -> None:
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     conn.sendall(f"pid {os.getpid()}\n".encode())
-    from asd_repro.cli import main
-
     sys.argv = ["asd-repro", *request["argv"]]
     try:
-        status = main(request["argv"])
+        status = entry(request["argv"])
     except SystemExit as e:  # argparse
         status = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except BaseException:  # noqa: BLE001 - reported as the process itself would have: a traceback, status 1
@@ -116,16 +115,11 @@ def _serve_one(conn: socket.socket) -> None:
     os._exit(status)
 
 
-def serve(path: str) -> None:
-    """Import everything a stage imports, listen on ``path`` and fork a child per command until terminated."""
-    import numpy  # noqa: F401
-    import timm  # noqa: F401
-    import torch  # noqa: F401
-
-    from asd_repro import cli, config, stages  # noqa: F401
-    from asd_repro.plugins import load_all
-
-    load_all()
+def serve(path: str, entry: Callable[[list[str]], int], preload: Callable[[], None]) -> None:
+    """Run ``preload`` (import everything a stage imports), listen on ``path`` and fork a child per command, which
+    runs ``entry(argv)`` (the command line's ``main``), until terminated. Started by ``python -m asd_repro
+    --forkserver PATH`` (``asd_repro/__main__.py``), which passes both, so this module imports nothing above it."""
+    preload()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel; their clients get the status
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -138,14 +132,10 @@ def serve(path: str) -> None:
             if os.fork() == 0:
                 server.close()
                 try:
-                    _serve_one(conn)
+                    _serve_one(conn, entry)
                 finally:
                     os._exit(1)
             conn.close()
     finally:
         server.close()
         Path(path).unlink(missing_ok=True)
-
-
-if __name__ == "__main__":
-    serve(sys.argv[1])

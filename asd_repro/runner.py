@@ -69,7 +69,7 @@ def plan(targets: list[str], force: bool) -> Plan:
         if targets:
             unknown = [t for t in targets if t not in upstream]
             if unknown:
-                from asd_repro.errors import UserError
+                from asd_repro.core.errors import UserError
 
                 raise UserError(f"unknown stage {unknown[0]!r}; `dvc stage list` names them")
             selected, todo = set(), list(targets)
@@ -190,7 +190,7 @@ def forkserver(jobs: int) -> Iterator[None]:
     path = Path(tempfile.mkdtemp(prefix="asd-repro-")) / "server.sock"
     env = stage_env(jobs)
     log = open(LOGS / "forkserver.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "asd_repro.forkserver", str(path)], stdout=subprocess.PIPE,
+    server = subprocess.Popen([sys.executable, "-m", "asd_repro", "--forkserver", str(path)], stdout=subprocess.PIPE,
                               stderr=log, env=env, text=True, start_new_session=True)
     ready = server.stdout.readline().strip() == "ready"
     previous = os.environ.get(ENV)
@@ -222,7 +222,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--dry", action="store_true", help="print the stages that would run, run nothing")
     ap.add_argument("--times", type=Path, help="write every finished stage's wall seconds here (JSON)")
     args = ap.parse_args(argv)
-    from asd_repro.errors import UserError
+    from asd_repro.core.errors import UserError
 
     if args.jobs < 1:
         raise UserError(f"-j {args.jobs}: run at least one stage at a time")

@@ -41,7 +41,7 @@ from asd_repro.engine.augment import Augment, Normalize  # noqa: E402
 from asd_repro.engine.loop import predict_logits, train_epoch  # noqa: E402
 from asd_repro.engine.mixmatch import mixmatch_epoch  # noqa: E402
 from asd_repro.models import create_model  # noqa: E402
-from asd_repro.provenance import environment, summary  # noqa: E402
+from asd_repro.core.provenance import environment, summary  # noqa: E402
 
 DATASETS = {"cifar10": 50_000, "gtsrb": 39_209, "imagenet30": 39_000}
 

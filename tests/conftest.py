@@ -37,7 +37,7 @@ def repo_cwd(monkeypatch):
 
 
 def configure(files: list[str], bindings: list[str] = ()) -> str:
-    from asd_repro import config
+    from asd_repro.core import config
     from asd_repro.plugins import load_all
 
     load_all()
@@ -50,7 +50,7 @@ def defense_from(name: str, *files: str):
     """The defense ``name`` as the gin files under params/ (composed in that order, SEED = 100) configure it."""
     import gin
 
-    from asd_repro import config
+    from asd_repro.core import config
     from asd_repro.defenses import DEFENSES
     from asd_repro.plugins import load_all
 

@@ -16,7 +16,7 @@ from asd_repro import stages
 from asd_repro.defenses import Interrupted
 from asd_repro.defenses.abl import ABL, isolate, lga_loss, negated_ce
 from asd_repro.engine.loop import predict_logits
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 
 from conftest import configure, defense_from, tiny_context, tiny_model, tiny_prepared
 

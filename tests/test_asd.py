@@ -143,7 +143,7 @@ def test_asd_resumed_twice_ends_bit_identical_to_an_uninterrupted_run(tmp_path):
 
 def test_a_pool_smaller_than_a_batch_is_one_line():
     from asd_repro.engine.mixmatch import endless_batches
-    from asd_repro.errors import UserError
+    from asd_repro.core.errors import UserError
 
     with pytest.raises(UserError, match=r"a pool of 3 samples cannot fill one MixMatch batch of 4 .*lower the "
                                         r"defense's batch_size binding \(defenses.ASD.batch_size"):

@@ -13,7 +13,7 @@ from asd_repro.attacks.iab import IAB
 from asd_repro.attacks.refool import Refool
 from asd_repro.attacks.wanet import WaNet
 from asd_repro.cli import main
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 
 from conftest import tiny_prepared
 

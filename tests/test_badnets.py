@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from asd_repro.attacks.badnets import BadNets
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 
 from attacksmoke import images
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from asd_repro.cli import main
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 from asd_repro.report.claims import Claim, evaluate_claims, load_claims
 from test_compare import long_table
 
@@ -149,7 +149,7 @@ def test_claims_command_exit_codes_and_a_users_own_file(tmp_path, capsys):
     ('- {id: a, defense: asd, metric: asr, op: "<=", valu: 5}', "unknown field"),
     ('- {id: a, defense: asd, metric: asr, op: "<=", value: 5, stat: max}', "stat must be one of"),
     ("- {id: a, defense: asd", "malformed YAML"),
-    ('- {id: a, defense: asd, metric: asr, op: "<=", value: five}', "value must be a number"),
+    ('- {id: a, defense: asd, metric: asr, op: "<=", value: five}', "value must be a finite number"),
     ('- {id: a, defense: asd, metric: asr, op: "<=", value: 5, xfail: {profiles: [mini]}}', "xfail needs"),
     ('- {id: a, defense: asd, metric: asr, op: "<=", value: 5, xfail: {profiles: mini, reason: r}}', "xfail needs"),
     ('- {id: a, defense: asd, metric: acc, op: ">=", kind: undominated, value: 5}', "leave out value"),

@@ -44,11 +44,11 @@ def test_profile_without_a_file_for_a_defense(tmp_path, capsys, repo_cwd):
     (tmp_path / "params" / "profiles" / "mini").mkdir(parents=True)
     (tmp_path / "params" / "profiles" / "mini" / "common.gin").write_text("# empty\n")
     (tmp_path / "params" / "profiles" / "mini" / "attacks.gin").write_text("# empty\n")
-    from asd_repro.errors import UserError
-    from asd_repro.matrix import check_params
+    from asd_repro.core.errors import UserError
+    from asd_repro.core.matrix import check_params
 
     with pytest.raises(UserError, match=r"profiles/mini/none\.gin: missing"):
-        check_params(params, tmp_path / "ok", gin_root=tmp_path / "params")
+        check_params(params, tmp_path / "ok", lambda name: "scratch", gin_root=tmp_path / "params")
 
 
 def test_unknown_configurable_from_params_yaml(tmp_path, capsys, repo_cwd):
@@ -190,7 +190,7 @@ def test_a_gate_cut_short_exits_141_never_0(monkeypatch):
     import os
     import sys
 
-    from asd_repro.report.cli import run
+    from asd_repro.cli import main
 
     table = str(Path(__file__).resolve().parents[1] / "results" / "mini" / "table.csv")
     read, write = os.pipe()
@@ -198,6 +198,6 @@ def test_a_gate_cut_short_exits_141_never_0(monkeypatch):
     out = os.fdopen(write, "w")
     monkeypatch.setattr(sys, "stdout", out)
     try:
-        assert run("compare", [table, table]) == 141
+        assert main(["compare", table, table]) == 141
     finally:
         out.close()

@@ -1,6 +1,6 @@
 """The asked configuration written into stage outputs ignores comments, so comment edits cascade nowhere."""
 
-from asd_repro.config import asked_config, strip_comments
+from asd_repro.core.config import asked_config, strip_comments
 
 
 def test_strip_comments_keeps_statements_and_quoted_hashes():
@@ -24,8 +24,8 @@ def test_every_defense_declares_its_family_at_registration_and_params_yaml_agree
     import pytest
 
     from asd_repro.defenses import DEFENSES, register_defense
-    from asd_repro.matrix import FAMILIES
-    from asd_repro.registry import module_names
+    from asd_repro.core.matrix import FAMILIES
+    from asd_repro.core.registry import module_names
 
     assert DEFENSES.names() == module_names("asd_repro.defenses")
     declared = {name: DEFENSES.meta(name)["family"] for name in DEFENSES.names()}
@@ -43,7 +43,7 @@ def test_a_post_training_defense_without_upstream_says_how_to_give_one():
     import pytest
 
     from asd_repro.defenses import Context
-    from asd_repro.errors import UserError
+    from asd_repro.core.errors import UserError
 
     ctx = Context.__new__(Context)
     ctx.upstream = None

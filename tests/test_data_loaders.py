@@ -18,7 +18,7 @@ from realformat import write_cifar10, write_fashion_mnist, write_gtsrb, write_id
 from asd_repro.data import DATASETS, cifar10, fashion_mnist, gtsrb, imagenet30
 from asd_repro.data.mnist5k import Mnist5k
 from asd_repro.engine import augment  # noqa: F401  (registers engine.Augment for the dataset gin files)
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 
 PARAMS = Path(__file__).resolve().parents[1] / "params" / "datasets"
 

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from asd_repro import config, stages
+from asd_repro import stages
+from asd_repro.core import config
 from asd_repro.defenses import DEFENSES, Context, Interrupted
 from asd_repro.defenses.dbd import (DBD, frozen_features, simclr_pretrain, train_linear_head,
                                     train_linear_head_cached)
 from asd_repro.engine.simclr import SimCLRAugment, features, head_parameter_names
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.checkpoint import Checkpointer
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 from asd_repro.models import create_model
 from asd_repro.plugins import load_all
 

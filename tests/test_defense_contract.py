@@ -11,7 +11,7 @@ import pytest
 
 from asd_repro import stages
 from asd_repro.defenses import DEFENSES, Interrupted
-from asd_repro.registry import module_names
+from asd_repro.core.registry import module_names
 
 from conftest import configure
 from posttraining import defense_gin, poisoned_with_upstream

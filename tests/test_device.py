@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from asd_repro.engine.device import cpu_threads, resolve_device
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 
 
 def test_auto_and_cpu_resolve():

@@ -13,7 +13,7 @@ import torch
 from asd_repro import stages
 from asd_repro.defenses.fp import FP, ChannelMask, pooled_features, prune_search, pruning_schedule
 from asd_repro.engine.augment import Normalize
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 from asd_repro.models import create_model
 
 from conftest import defense_from

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 from asd_repro.models import create_model
 
 

@@ -17,7 +17,7 @@ from asd_repro.defenses import Interrupted
 from asd_repro.defenses.nad import NAD, at_loss, attention_map, distill_epoch, stage_outputs
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.loop import train_epoch
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 from asd_repro.models import create_model
 
 from conftest import defense_from

@@ -77,7 +77,7 @@ def _composed(files, configurable):
     """The model (or attack) a stage would build from these gin files."""
     import gin
 
-    from asd_repro import config
+    from asd_repro.core import config
     from asd_repro.plugins import load_all
 
     load_all()

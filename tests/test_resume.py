@@ -76,10 +76,10 @@ def test_eval_every_thins_the_curves_and_changes_no_weight(tmp_path):
 def test_eval_every_below_one_is_a_clear_error(tmp_path):
     import pytest
 
-    from asd_repro.errors import UserError
+    from asd_repro.core.errors import UserError
 
     clean, poisoned = _poisoned(tmp_path)
-    with pytest.raises(UserError, match="stages.train.eval_every must be a positive number of epochs, got 0"):
+    with pytest.raises(UserError, match="stages.train.eval_every = 0 is invalid: expected a positive number of epochs"):
         _train(clean, poisoned, tmp_path / "x", None, bindings=["stages.train.eval_every = 0"])
     assert not (tmp_path / "x").exists()
 

@@ -86,8 +86,9 @@ def test_the_longest_stages_start_first():
 
 
 def test_a_thread_count_below_one_is_one_line(tmp_path):
-    from asd_repro import config, stages
-    from asd_repro.errors import UserError
+    from asd_repro import stages
+    from asd_repro.core import config
+    from asd_repro.core.errors import UserError
 
     config.parse([], ["stages.torch_threads.threads = 0"])
     with pytest.raises(UserError, match=r"stages.torch_threads.threads = 0 is invalid"):
@@ -121,7 +122,7 @@ def test_a_stage_run_by_the_fork_server_writes_the_same_bytes_and_status(tmp_pat
     direct = train("direct")
     assert direct.returncode == 0, direct.stderr
     socket_path = tmp_path / "server.sock"
-    server = subprocess.Popen([sys.executable, "-m", "asd_repro.forkserver", str(socket_path)],
+    server = subprocess.Popen([sys.executable, "-m", "asd_repro", "--forkserver", str(socket_path)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "ready"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from asd_repro.errors import UserError
-from asd_repro.matrix import seed_folder, seeds_of
+from asd_repro.core.errors import UserError
+from asd_repro.core.matrix import seed_folder, seeds_of
 
 
 def test_seeds_are_a_list_of_distinct_non_negative_integers():
@@ -24,7 +24,7 @@ def test_each_seed_has_its_own_folder(tmp_path):
 def test_provenance_names_the_libraries_cpu_and_threads():
     import torch
 
-    from asd_repro.provenance import environment, summary
+    from asd_repro.core.provenance import environment, summary
 
     env = environment("cpu")
     assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()

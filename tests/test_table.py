@@ -97,7 +97,7 @@ def test_no_paper_row_means_no_diff(tmp_path):
 
 
 def test_metrics_without_seeds_are_a_clear_error(tmp_path):
-    from asd_repro.errors import UserError
+    from asd_repro.core.errors import UserError
 
     p = tmp_path / "cifar10" / "badnets" / "none.json"
     p.parent.mkdir(parents=True)

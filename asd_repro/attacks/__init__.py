@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from asd_repro.errors import UserError, is_integer, is_number, is_range  # noqa: F401 (re-exported to the attacks)
-from asd_repro.registry import Registry
+from asd_repro.core.errors import UserError, is_integer, is_number, is_range  # noqa: F401 (re-exported to the attacks)
+from asd_repro.core.registry import Registry
 
 ATTACKS = Registry("attack", "asd_repro.attacks")
 register_attack = ATTACKS.register

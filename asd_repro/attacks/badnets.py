@@ -12,6 +12,7 @@ import gin
 import numpy as np
 
 from asd_repro.attacks import Attack, is_integer, register_attack, scaled, to_channels
+from asd_repro.core.config import configurable
 
 # The reference trigger's four pixels (row, col) -> RGB at 32x32.
 REFERENCE_PATCH = np.array([[[180, 249, 112], [155, 50, 126]],
@@ -20,7 +21,7 @@ REFERENCE_OFFSET = 4
 
 
 @register_attack("badnets")
-@gin.configurable(module="attacks")
+@configurable(module="attacks")
 class BadNets(Attack):
     """Args:
         patch_size: patch side in pixels; None scales the reference's 2 px with the image size.

@@ -11,10 +11,11 @@ import gin
 import numpy as np
 
 from asd_repro.attacks import Attack, is_integer, is_number, register_attack
+from asd_repro.core.config import configurable
 
 
 @register_attack("blend")
-@gin.configurable(module="attacks")
+@configurable(module="attacks")
 class Blend(Attack):
     """Args:
         alpha: blend weight of the pattern, used for both the poisoned training and test images.

@@ -21,8 +21,9 @@ import gin
 import numpy as np
 
 from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_number, register_attack, scaled
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import StepLosses, UserError
 from asd_repro.engine.device import cpu_threads
-from asd_repro.errors import StepLosses, UserError
 
 # The paper's top-left corner pattern (+1 white, -1 black).
 CORNER = np.array([[1, -1, -1],
@@ -64,7 +65,7 @@ def pgd(model, x, y, normalize, eps: float, step_size: float, steps: int, random
 
 
 @register_attack("clb")
-@gin.configurable(module="attacks")
+@configurable(module="attacks")
 class CLB(Attack):
     """Args:
         eps, step_size, steps: PGD of the poisoned images (L_inf radius and step in pixels of 0..255).
@@ -76,6 +77,8 @@ class CLB(Attack):
         device: 'auto' (CUDA when available), 'cpu' or 'cuda[:i]'.
         subset: train the proxy on this many randomly chosen training images (None: all; the smoke profile's
             knob); every target-class image is still perturbed.
+        attack_batch_size: target-class images a PGD batch when the poisoned images are made (memory only; lower it
+            when a GPU runs out of memory at 224 px).
         threads: CPU threads of ``fit`` (None: torch's default); 1 makes re-runs on one machine bit-identical (not
             across machines: DEVIATIONS A15) and is the fastest on a shared 2-core machine.
     """
@@ -87,8 +90,11 @@ class CLB(Attack):
                  proxy: str = "slim_resnet", adv_train: bool = True, adv_eps: float = 8.0,
                  adv_step_size: float = 2.0, adv_steps: int = 7, epochs: int = 30, batch_size: int = 128,
                  lr: float = 0.1, device: str = "auto", subset: int | None = None,
-                 threads: int | None = 1):
+                 threads: int | None = 1, attack_batch_size: int = 256):
         super().__init__(target, ratio)
+        self.require("attack_batch_size", attack_batch_size, is_integer(attack_batch_size) and attack_batch_size >= 1,
+                     "an integer >= 1")
+        self.attack_batch_size = int(attack_batch_size)
         for name, value in (("eps", eps), ("step_size", step_size), ("lr", lr)):
             self.require(name, value, is_number(value) and value > 0, "a number > 0")
         for name, value in (("adv_eps", adv_eps), ("adv_step_size", adv_step_size)):
@@ -173,8 +179,9 @@ class CLB(Attack):
         model.eval()
         self.index = np.flatnonzero(y == self.target)
         out = []
-        for i in range(0, len(self.index), 256):
-            idx = torch.from_numpy(self.index[i:i + 256]).to(dev)
+        step = self.attack_batch_size
+        for i in range(0, len(self.index), step):
+            idx = torch.from_numpy(self.index[i:i + step]).to(dev)
             adv = pgd(model, images[idx].float(), labels[idx], normalize, self.eps, self.step_size, self.steps, False)
             out.append(adv.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
         self.perturbed = np.concatenate(out) if out else np.zeros((0, h, w, c), np.uint8)

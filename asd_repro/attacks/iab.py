@@ -19,8 +19,9 @@ import gin
 import numpy as np
 
 from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_number, register_attack, scaled
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import StepLosses
 from asd_repro.engine.device import cpu_threads
-from asd_repro.errors import StepLosses
 
 EPSILON = 1e-7  # keeps the diversity ratio finite (the paper's value)
 
@@ -103,7 +104,7 @@ def _diversity(x1, x2, p1, p2):
 
 
 @register_attack("iab")
-@gin.configurable(module="attacks")
+@configurable(module="attacks")
 class IAB(Attack):
     """Args:
         cross_ratio: cross-trigger samples per poisoned sample in the fixed set (the paper's batches hold
@@ -124,6 +125,8 @@ class IAB(Attack):
             ``asd_repro.models.create_model`` architecture (the paper uses the victim's, PreAct-ResNet-18 on CIFAR).
         device: 'auto' (CUDA when available), 'cpu' or 'cuda[:i]', for training and for applying g and m.
         subset: train on this many randomly chosen training images (None: all; the smoke profile's knob).
+        apply_batch_size: images a batch when g and m poison a set (memory only: any value gives the same images;
+            lower it when a GPU runs out of memory at 224 px).
         threads: CPU threads of ``fit`` and ``apply`` (None: torch's default). 1 makes re-runs on one machine bit-identical
             (not across machines: DEVIATIONS A15) and is the fastest on a shared 2-core machine, where two threads wait on each other between the
             many small operations of these networks (measured 5-10x slower).
@@ -135,8 +138,11 @@ class IAB(Attack):
                  lambda_div: float = 1.0, train_bd_ratio: float = 0.1, train_cross_ratio: float = 0.1,
                  lr_g: float = 0.01, lr_m: float = 0.01, lr_c: float = 0.01,
                  milestones: tuple[float, ...] = (0.4, 0.8), classifier: str = "resnet18", device: str = "auto",
-                 subset: int | None = None, threads: int | None = 1):
+                 subset: int | None = None, threads: int | None = 1, apply_batch_size: int = 512):
         super().__init__(target, ratio)
+        self.require("apply_batch_size", apply_batch_size, is_integer(apply_batch_size) and apply_batch_size >= 1,
+                     "an integer >= 1")
+        self.apply_batch_size = int(apply_batch_size)
         self.require("cross_ratio", cross_ratio, is_number(cross_ratio) and 0 <= cross_ratio * ratio <= 1,
                      f"a number >= 0 with cross_ratio x ratio ({ratio}) in [0, 1]")
         for name, value in (("train_bd_ratio", train_bd_ratio), ("train_cross_ratio", train_cross_ratio)):
@@ -201,7 +207,7 @@ class IAB(Attack):
         pattern = self.g(source)
         return x + mask * (pattern - x), pattern, mask
 
-    def _apply_pairs(self, x: np.ndarray, source: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def _apply_pairs(self, x: np.ndarray, source: np.ndarray) -> np.ndarray:
         import torch
 
         from asd_repro.engine.device import resolve_device
@@ -215,6 +221,7 @@ class IAB(Attack):
             return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2))).to(dev).float() / 255
 
         out = []
+        batch_size = self.apply_batch_size
         with cpu_threads(self.threads), torch.inference_mode():
             for i in range(0, len(x), batch_size):
                 bd, _, _ = self._triggered(unit(x[i:i + batch_size]), unit(source[i:i + batch_size]))

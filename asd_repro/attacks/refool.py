@@ -22,6 +22,7 @@ import gin
 import numpy as np
 
 from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_range, register_attack, to_channels
+from asd_repro.core.config import configurable
 
 GAMMA = 2.2
 MODELS = ("same_depth", "out_of_focus", "ghost")
@@ -45,7 +46,7 @@ def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 
 @register_attack("refool")
-@gin.configurable(module="attacks")
+@configurable(module="attacks")
 class Refool(Attack):
     """Args:
         clean_label: poison target-class images only and keep labels (the paper); False relabels poisoned

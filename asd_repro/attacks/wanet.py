@@ -17,6 +17,7 @@ import gin
 import numpy as np
 
 from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_number, register_attack
+from asd_repro.core.config import configurable
 
 
 def identity_grid(h: int, w: int) -> np.ndarray:
@@ -41,7 +42,7 @@ def warp(x: np.ndarray, grids: np.ndarray) -> np.ndarray:
 
 
 @register_attack("wanet")
-@gin.configurable(module="attacks")
+@configurable(module="attacks")
 class WaNet(Attack):
     """Args:
         k: side of the random control field (4 in the paper).

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from asd_repro.errors import UserError
-from asd_repro.io import load_arrays, read_json, save_arrays, write_json
-from asd_repro.registry import Registry
+from asd_repro.core.errors import UserError
+from asd_repro.core.io import load_arrays, read_json, save_arrays, write_json
+from asd_repro.core.registry import Registry
 
 DATASETS = Registry("dataset", "asd_repro.data")
 register_dataset = DATASETS.register

@@ -13,11 +13,11 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import gin
 import numpy as np
 
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import UserError
 from asd_repro.data import DatasetInfo, DatasetSource, ImageSet, register_dataset
-from asd_repro.errors import UserError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -70,7 +70,7 @@ def download(dest: Path) -> None:
 
 
 @register_dataset("cifar10")
-@gin.configurable(module="datasets")
+@configurable(module="datasets")
 class Cifar10(DatasetSource):
     """CIFAR-10 from ``<raw_root>/cifar10/cifar-10-batches-py``, downloaded there when missing."""
 

@@ -15,11 +15,11 @@ import gzip
 import zlib
 from pathlib import Path
 
-import gin
 import numpy as np
 
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import UserError
 from asd_repro.data import DatasetInfo, DatasetSource, ImageSet, register_dataset
-from asd_repro.errors import UserError
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {
@@ -87,7 +87,7 @@ def download(dest: Path) -> None:
 
 
 @register_dataset("fashion_mnist")
-@gin.configurable(module="datasets")
+@configurable(module="datasets")
 class FashionMnist(DatasetSource):
     """Fashion-MNIST from a local copy, the Debian package or a download, in that order.
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import gin
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import UserError
 from asd_repro.data import DatasetInfo, DatasetSource, ImageSet, register_dataset
-from asd_repro.errors import UserError
 
 ARCHIVES_URL = "https://sid.erda.dk/public/archives/daaeac0d7ce1152aea9b61d9f1e19370/"
 CLASS_NAMES = [
@@ -101,7 +101,7 @@ def read_images(samples: list[tuple[Path, int]], size: int, desc: str) -> ImageS
 
 
 @register_dataset("gtsrb")
-@gin.configurable(module="datasets")
+@configurable(module="datasets")
 class Gtsrb(DatasetSource):
     """GTSRB in torchvision's layout under ``<raw_root>/gtsrb``, downloaded there when missing.
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import gin
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import UserError
 from asd_repro.data import DatasetInfo, DatasetSource, ImageSet, register_dataset
-from asd_repro.errors import UserError
 
 CLASS_FILE = Path(__file__).with_name("imagenet30_classes.txt")
 EXTENSIONS = {".jpeg", ".jpg", ".png"}
@@ -57,7 +57,7 @@ def resize_center_crop(img: Image.Image, resize: int, size: int) -> np.ndarray:
 
 
 @register_dataset("imagenet30")
-@gin.configurable(module="datasets")
+@configurable(module="datasets")
 class ImageNet30(DatasetSource):
     """Thirty ImageNet classes from a local ImageFolder copy at ``<raw_root>/imagenet``.
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gin
 
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import UserError
 from asd_repro.data import DatasetInfo, DatasetSource, ImageSet, register_dataset, stratified_split, to_nhwc_uint8
-from asd_repro.errors import UserError
 
 
 @register_dataset("mnist5k")
-@gin.configurable(module="datasets")
+@configurable(module="datasets")
 class Mnist5k(DatasetSource):
     def __init__(self, test_per_class: int = 100, split_seed: int = 0):
         self.test_per_class = test_per_class

@@ -16,13 +16,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from asd_repro.core.errors import UserError
+from asd_repro.core.matrix import FAMILIES
+from asd_repro.core.registry import Registry
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.checkpoint import Checkpointer
 from asd_repro.engine.evaluation import acc_asr
 from asd_repro.engine.loop import Interrupted, run_epochs  # noqa: F401 (Interrupted: re-exported)
-from asd_repro.errors import UserError
-from asd_repro.matrix import FAMILIES
-from asd_repro.registry import Registry
 
 DEFENSES = Registry("defense", "asd_repro.defenses")
 
@@ -131,17 +131,21 @@ class Context:
 
         return copy.deepcopy(self.upstream)
 
-    def clean_indices(self, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    def clean_indices(self, per_class: int, rng: np.random.Generator, binding: str = "per_class") -> np.ndarray:
         """``per_class`` random CLEAN training samples of each class (the defender's clean data).
 
         Like the ASD reference, this uses the ground-truth poison flag: the defender is assumed to
-        hold a few known-clean samples per class.
+        hold a few known-clean samples per class. A class with fewer clean samples than ``per_class`` is an error
+        naming ``binding`` (the defender would otherwise be handed every clean sample of that class).
         """
         y = self.train_y.cpu().numpy()
         picks = []
         for c in range(self.num_classes):
             idx = np.flatnonzero((y == c) & ~self.poison)
-            picks.append(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+            if per_class > len(idx):
+                raise UserError(f"{binding} asks {per_class} clean samples of every class, but class {c} has only "
+                                f"{len(idx)} clean training images; lower it")
+            picks.append(rng.choice(idx, size=per_class, replace=False))
         return np.sort(np.concatenate(picks))
 
 

@@ -12,10 +12,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from asd_repro.core.errors import UserError
 from asd_repro.defenses import Context
 from asd_repro.engine.loop import train_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
-from asd_repro.errors import UserError
 
 
 @dataclass
@@ -38,7 +38,7 @@ def defender_clean_data(ctx: Context, fraction: float, binding: str) -> CleanDat
     if per_class < 1:
         raise UserError(f"{binding} = {fraction} gives no clean sample per class on {len(ctx.train_y)} training "
                         f"images; raise it")
-    indices = ctx.clean_indices(per_class, np.random.default_rng(ctx.seed))
+    indices = ctx.clean_indices(per_class, np.random.default_rng(ctx.seed), binding)
     selected = torch.from_numpy(indices).to(ctx.train_y.device)
     info = {"fraction": fraction, "per_class": per_class, "count": len(indices),
             "drawn_with": "Context.clean_indices(per_class, numpy.random.default_rng(seed))",

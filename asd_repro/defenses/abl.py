@@ -27,17 +27,17 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-import gin
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import UserError, check_types
 from asd_repro.defenses import Context, Defense, register_defense
 from asd_repro.engine.augment import Augment
 from asd_repro.engine.loop import predict_logits, train_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
 from asd_repro.engine.split import lowest_fraction
-from asd_repro.errors import UserError, check_types
 
 
 def lga_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -58,7 +58,7 @@ def isolate(loss: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register_defense("abl")
-@gin.configurable(module="defenses")
+@configurable(module="defenses")
 class ABL(Defense):
     """ABL; the defaults are the paper's CIFAR-10 values (T = 100 epochs: 20 + 60 + 20).
 

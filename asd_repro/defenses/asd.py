@@ -32,17 +32,17 @@ from __future__ import annotations
 
 import copy
 
-import gin
 import numpy as np
 import torch
 
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import UserError, check_types
 from asd_repro.defenses import Context, Defense, Timer, register_defense
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.loop import train_epoch
 from asd_repro.engine.mixmatch import mixmatch_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
 from asd_repro.engine.split import lowest_fraction, sce_split_loss
-from asd_repro.errors import UserError, check_types
 
 
 def stage1_k(epoch: int, n: int, t: int) -> int:
@@ -86,7 +86,7 @@ def train_virtual_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
 
 
 @register_defense("asd")
-@gin.configurable(module="defenses")
+@configurable(module="defenses")
 class ASD(Defense):
     """ASD; the defaults are the reference's CIFAR-10 values.
 
@@ -137,6 +137,13 @@ class ASD(Defense):
             (0 < alpha <= 1 and 0 < gamma <= 1, f"alpha and gamma are fractions in (0, 1] (got {alpha}, {gamma})"),
             (K >= 1 and iterations >= 1 and batch_size >= 1, "K, iterations and batch_size must be positive"),
             (len(virtual_layers) > 0, "virtual_layers is empty"),
+            (seeds_per_class >= 1, f"seeds_per_class must be positive (got {seeds_per_class})"),
+            (beta >= 0 and lambda_u >= 0 and T > 0 and rampup >= 0 and mixup_alpha > 0,
+             f"need beta >= 0, lambda_u >= 0, rampup >= 0, T > 0 and mixup_alpha > 0 (got {beta}, {lambda_u}, "
+             f"{rampup}, {T}, {mixup_alpha})"),
+            (lr > 0 and weight_decay >= 0, f"need lr > 0 and weight_decay >= 0 (got {lr}, {weight_decay})"),
+            (virtual_epochs >= 0 and virtual_batch_size >= 1 and loss_batch_size >= 1,
+             "virtual_epochs must be >= 0, virtual_batch_size and loss_batch_size positive"),
         ) if not ok]
         if problems:
             raise UserError(f"defenses.ASD: {'; '.join(problems)}; fix the binding")
@@ -173,7 +180,7 @@ class ASD(Defense):
         model = ctx.new_model()
         optimizer = make_optimizer(model.parameters(), name=self.optimizer, lr=self.lr, weight_decay=self.weight_decay)
         schedule = make_schedule(optimizer, self.epochs, name=self.schedule)
-        seeds = ctx.clean_indices(self.seeds_per_class, np.random.default_rng(ctx.seed))  # D_S
+        seeds = ctx.clean_indices(self.seeds_per_class, np.random.default_rng(ctx.seed), "defenses.ASD.seeds_per_class")  # D_S
         self.run_info = {"asd_seed_indices": seeds.tolist()}
         labels = ctx.train_y.cpu().numpy()
 

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import gin
 import numpy as np
 import torch
 import torch.nn as nn
 
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import StepLosses, UserError, check_types
 from asd_repro.defenses import Context, Defense, Timer, register_defense
 from asd_repro.engine.augment import Normalize
 from asd_repro.engine.checkpoint import Checkpointer
@@ -44,14 +45,13 @@ from asd_repro.engine.loop import index_batches, run_epochs, train_epoch
 from asd_repro.engine.losses import sce
 from asd_repro.engine.mixmatch import mixmatch_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
-from asd_repro.engine.split import lowest_fraction, sce_split_loss
 from asd_repro.engine.simclr import SimCLRAugment, features, head_parameter_names, projection_head, simclr_epoch
-from asd_repro.errors import StepLosses, UserError, check_types
+from asd_repro.engine.split import lowest_fraction, sce_split_loss
 
 # --- 1. self-supervised pre-training (the pipeline's pretrain stage) ---------------------------------------------
 
 
-@gin.configurable(module="defenses")
+@configurable(module="defenses")
 def simclr_pretrain(x: torch.Tensor, new_model: Callable[[], nn.Module], generator: torch.Generator,
                     normalize: Normalize, dataset_hflip: bool, checkpointer: Checkpointer | None = None,
                     epochs: int = 1000, batch_size: int = 512, temperature: float = 0.5, symmetric: bool = False,
@@ -168,7 +168,7 @@ def train_linear_head_cached(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 @register_defense("dbd", family="selfsup", pretrain=simclr_pretrain)
-@gin.configurable(module="defenses")
+@configurable(module="defenses")
 class DBD(Defense):
     """DBD's linear warm-up and semi-supervised fine-tuning, from the pre-trained backbone (``--upstream``, the
     folder ``stages.pretrain`` writes); the defaults are the reference's CIFAR-10 values.

@@ -28,10 +28,11 @@ import gin
 import numpy as np
 import torch
 
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import UserError, check_types
 from asd_repro.defenses import Context, Defense, register_defense
 from asd_repro.defenses._posttraining import SGD, clean_epoch, defender_clean_data, training_phase
 from asd_repro.engine.augment import Normalize
-from asd_repro.errors import UserError, check_types
 
 
 @torch.inference_mode()
@@ -97,7 +98,7 @@ class ChannelMask:
 
 
 @register_defense("fp", family="repair")
-@gin.configurable(module="defenses")
+@configurable(module="defenses")
 class FP(Defense):
     """Fine-Pruning; the defaults are BackdoorBench's CIFAR-10 values (config/defense/fp), see defenses/fp.gin.
 

@@ -28,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import StepLosses, UserError, check_types
 from asd_repro.defenses import Context, Defense, register_defense
 from asd_repro.defenses._posttraining import SGD, clean_epoch, defender_clean_data, training_phase
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.loop import index_batches
-from asd_repro.errors import StepLosses, UserError, check_types
 
 
 def attention_map(features: torch.Tensor, p: float = 2.0, eps: float = 1e-6) -> torch.Tensor:
@@ -103,7 +104,7 @@ def distill_epoch(student: torch.nn.Module, teacher: torch.nn.Module, optimizer:
 
 
 @register_defense("nad", family="repair")
-@gin.configurable(module="defenses")
+@configurable(module="defenses")
 class NAD(Defense):
     """NAD; the defaults are the authors' CIFAR-10 values (bboylyg/NAD config.py, utils/util.py), the betas
     BackdoorBench's for ResNets; see defenses/nad.gin.

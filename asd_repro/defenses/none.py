@@ -5,10 +5,11 @@ from __future__ import annotations
 import gin
 import torch
 
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import check_types, require
 from asd_repro.defenses import Context, Defense, register_defense
 from asd_repro.engine.loop import train_epoch
 from asd_repro.engine.optim import make_optimizer, make_schedule
-from asd_repro.errors import check_types, require
 
 
 def supervised_training(ctx: Context, model: torch.nn.Module, epochs: int, batch_size: int,
@@ -23,7 +24,7 @@ def supervised_training(ctx: Context, model: torch.nn.Module, epochs: int, batch
 
 
 @register_defense("none")
-@gin.configurable(module="defenses")
+@configurable(module="defenses")
 class NoDefense(Defense):
     """Args:
         epochs: training epochs.

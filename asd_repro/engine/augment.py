@@ -8,10 +8,10 @@ reverses the column index of the same gather, so crop + flip cost one indexing p
 
 from __future__ import annotations
 
-import gin
 import torch
 
-from asd_repro.errors import check_types, require
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import check_types, require
 
 
 def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
@@ -19,7 +19,7 @@ def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(i >= n, 2 * (n - 1) - i, i)
 
 
-@gin.configurable(module="engine")
+@configurable(module="engine")
 class Augment:
     """Random crop with padding + optional horizontal flip, on batches of uint8 NCHW tensors.
 
@@ -38,6 +38,13 @@ class Augment:
         self.crop_padding = crop_padding
         self.padding_mode = padding_mode
         self.hflip = hflip
+
+    def check_image(self, height: int, width: int) -> None:
+        """Reflect padding needs fewer pixels than the image's side; a crop wider than the image is an error."""
+        side = min(height, width)
+        require("engine.Augment.crop_padding", self.crop_padding,
+                self.crop_padding < side if self.padding_mode == "reflect" else self.crop_padding <= side,
+                f"fewer pixels than the {height}x{width} images' side")
 
     def resolved(self, dataset_hflip: bool) -> "Augment":
         return Augment(self.crop_padding, self.padding_mode, dataset_hflip if self.hflip is None else self.hflip)

@@ -25,8 +25,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from asd_repro.errors import UserError
-from asd_repro.io import save_torch
+from asd_repro.core.errors import UserError
+from asd_repro.core.io import save_torch
 
 
 def fingerprint(*parts: str) -> str:

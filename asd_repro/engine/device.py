@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 
 
 def resolve_device(device: str, binding: str = "stages.train.device") -> torch.device:

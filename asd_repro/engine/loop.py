@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from asd_repro.core.errors import StepLosses
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.checkpoint import Checkpointer, rng_state, set_rng_state
-from asd_repro.errors import StepLosses
 
 
 class Interrupted(KeyboardInterrupt):

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from asd_repro.core.errors import UserError
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.loop import StepLosses, index_batches
-from asd_repro.errors import UserError
 
 
 def sharpen(p: torch.Tensor, T: float) -> torch.Tensor:

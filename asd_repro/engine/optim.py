@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import gin
 import torch
 
-from asd_repro.errors import check_types, require
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import check_types, require
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "multistep")
 
 
-@gin.configurable(module="engine")
+@configurable(module="engine")
 def make_optimizer(params: Iterable[torch.nn.Parameter], name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
                    weight_decay: float = 5e-4, nesterov: bool = False) -> torch.optim.Optimizer:
     """Args:
@@ -30,7 +30,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], name: str = "sgd", lr: 
     raise AssertionError(name)  # unreachable: checked above
 
 
-@gin.configurable(module="engine")
+@configurable(module="engine")
 def make_schedule(optimizer: torch.optim.Optimizer, epochs: int, name: str = "cosine",
                   milestones: tuple[float, ...] = (0.5, 0.75), gamma: float = 0.1):
     """Per-epoch learning-rate schedule.

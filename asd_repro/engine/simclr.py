@@ -16,14 +16,14 @@ import copy
 import math
 from typing import Callable
 
-import gin
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import StepLosses, UserError, check_types
 from asd_repro.engine.augment import Normalize
 from asd_repro.engine.loop import index_batches
-from asd_repro.errors import StepLosses, UserError, check_types
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, symmetric: bool = False) -> torch.Tensor:
@@ -78,7 +78,7 @@ def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
-@gin.configurable(module="engine")
+@configurable(module="engine")
 class SimCLRAugment:
     """SimCLR's augmentation as DBD configures it, on batches of uint8 NCHW tensors on their device.
 

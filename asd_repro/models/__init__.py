@@ -12,10 +12,10 @@ batch-norm scale of every residual block, and the replaced stem keeps PyTorch's 
 
 from __future__ import annotations
 
-import gin
 import torch.nn as nn
 
-from asd_repro.errors import check_types, require
+from asd_repro.core.config import configurable
+from asd_repro.core.errors import check_types, require
 
 ARCHS = {
     # name: (blocks per stage, widths per stage)
@@ -24,7 +24,7 @@ ARCHS = {
 }
 
 
-@gin.configurable(module="models")
+@configurable(module="models")
 def create_model(num_classes: int, in_chans: int, image_size: int, arch: str = "resnet18",
                  stem: str = "auto", init: str = "official") -> nn.Module:
     """Build a ResNet classifier.

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 
 FAMILY_STAGES = {"scratch": ("train",), "repair": ("repair",), "selfsup": ("pretrain", "finetune")}
 
@@ -63,7 +63,7 @@ def stage_commands(dvc_yaml: Path, params: dict[str, Any], dataset: str, attack:
 
 def _gin_inputs(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     """(gin files, bindings, where each binding came from) of one stage command."""
-    from asd_repro import config
+    from asd_repro.core import config
 
     files, bindings, sources, i = [], [], [], 0
     while i < len(argv):
@@ -88,26 +88,27 @@ def _gin_inputs(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="asd-repro config", description=__doc__.splitlines()[0])
-    ap.add_argument("dataset")
-    ap.add_argument("attack")
-    ap.add_argument("defense")
+    ap.add_argument("dataset", help="a dataset of params.yaml, e.g. mnist5k")
+    ap.add_argument("attack", help="an attack of params.yaml, e.g. badnets")
+    ap.add_argument("defense", help="a defense of params.yaml, e.g. asd")
     ap.add_argument("--seed", type=int, help="one of params.yaml's seeds (default: the first)")
     ap.add_argument("--profile", help="default: params.yaml's profile")
     ap.add_argument("--bind", action="append", default=[], metavar="BINDING", help="an extra binding, as --bind")
     ap.add_argument("--values", action="store_true", help="also print every value gin holds after parsing")
     ap.add_argument("--operative", action="store_true", help="also print a finished run's operative_config.gin")
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--dvc-yaml", type=Path, default=Path("dvc.yaml"))
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="the experiment matrix (default %(default)s)")
+    ap.add_argument("--dvc-yaml", type=Path, default=Path("dvc.yaml"),
+                    help="the pipeline whose stage commands give the files and bindings (default %(default)s)")
     args = ap.parse_args(argv)
 
     import gin
 
-    from asd_repro import config
-    from asd_repro.cli import _params
+    from asd_repro.core import config
+    from asd_repro.core.matrix import read_params
     from asd_repro.plugins import load_all
-    from asd_repro.matrix import seeds_of
+    from asd_repro.core.matrix import seeds_of
 
-    params = _params(args.params)
+    params = read_params(args.params)
     seed = args.seed if args.seed is not None else seeds_of(params, str(args.params))[0]
     profile = args.profile or params["profile"]
     load_all()

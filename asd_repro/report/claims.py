@@ -28,15 +28,16 @@ is removed, so expectations stay current. At other profiles the declaration does
 from __future__ import annotations
 
 import argparse
+import math
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 from asd_repro.report.stats import Noise
 
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
@@ -45,6 +46,28 @@ FIELDS = {"id", "text", "kind", "defense", "metric", "op", "value", "ref", "offs
 KINDS = ("every_attack", "best_average", "undominated")
 XFAIL_FIELDS = {"profiles", "attacks", "reason"}
 STATS = ("worst", "best", "mean", "median")
+
+
+def _finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# The claims file's schema: each field's expected shape, checked before any meaning (one line naming the field).
+SCHEMA: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "id": ("a name (text)", lambda v: isinstance(v, (str, int)) and not isinstance(v, bool)),
+    "text": ("text", lambda v: isinstance(v, str)),
+    "kind": (f"one of {', '.join(KINDS)}", lambda v: isinstance(v, str)),
+    "defense": ("a defense's name", lambda v: isinstance(v, str)),
+    "metric": ("acc or asr", lambda v: isinstance(v, str)),
+    "op": (f"one of {', '.join(OPS)}", lambda v: isinstance(v, str)),
+    "value": ("a finite number", _finite_number),
+    "ref": ("a defense's name", lambda v: isinstance(v, str)),
+    "offset": ("a finite number", _finite_number),
+    "stat": (f"one of {', '.join(STATS)}", lambda v: v is None or isinstance(v, str)),
+    "attacks": ("a list of attack names", lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v)),
+    "among": ("a mapping {metric: asr, op: '<=', value: 5}", lambda v: isinstance(v, dict)),
+    "xfail": ("a mapping {profiles: [mini], reason: \"why\"}", lambda v: isinstance(v, dict)),
+}
 
 
 @dataclass
@@ -113,6 +136,11 @@ def load_claims(path: Path) -> list[Claim]:
         for key in ("id", "defense", "metric", "op"):
             if key not in item:
                 raise UserError(f"{where}: missing '{key}'")
+        for key, value in item.items():
+            expected, ok = SCHEMA[key]
+            if not ok(value):
+                raise UserError(f"{where}: {key} must be {expected}, got {value!r}")
+        item["id"] = str(item["id"])
         where = f"{path}: claim {item['id']!r}"
         if item["id"] in seen:
             raise UserError(f"{where}: the id is used twice; make ids unique")
@@ -124,10 +152,6 @@ def load_claims(path: Path) -> list[Claim]:
         if item.get("stat") is not None and item["stat"] not in STATS:
             raise UserError(f"{where}: stat must be one of {', '.join(STATS)}, got {item['stat']!r}")
         kind = item.get("kind", "every_attack")
-        if "value" in item and not isinstance(item["value"], (int, float)) or isinstance(item.get("value"), bool):
-            raise UserError(f"{where}: value must be a number, got {item['value']!r}")
-        if not isinstance(item.get("offset", 0), (int, float)):
-            raise UserError(f"{where}: offset must be a number, got {item['offset']!r}")
         xfail = item.get("xfail")
         if xfail is not None:
             if (not isinstance(xfail, dict) or set(xfail) - XFAIL_FIELDS or not {"profiles", "reason"} <= set(xfail)
@@ -142,7 +166,10 @@ def load_claims(path: Path) -> list[Claim]:
                 raise UserError(f"{where}: give exactly one of 'value' (a number) or 'ref' (a defense, with 'offset')")
         elif kind == "best_average":
             among = item.get("among")
-            if not isinstance(among, dict) or set(among) != {"metric", "op", "value"} or among["op"] not in OPS:
+            if (not isinstance(among, dict) or set(among) != {"metric", "op", "value"}
+                    or not isinstance(among["op"], str) or among["op"] not in OPS
+                    or not isinstance(among["metric"], str) or among["metric"] not in ("acc", "asr")
+                    or not _finite_number(among["value"])):
                 raise UserError(f"{where}: best_average needs among: {{metric: asr, op: '<=', value: 5}}")
         elif kind == "undominated":
             if "value" in item or "ref" in item:

@@ -7,12 +7,7 @@ command line (``asd_repro/cli.py``, a dependency of every training stage).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
-
-
-GATES = ("compare", "claims")  # commands whose exit status is a verdict
 
 
 def _table(argv: list[str]) -> int:
@@ -27,15 +22,15 @@ def _table(argv: list[str]) -> int:
     ap.add_argument("--bind", action="append", default=[], metavar="BINDING", help="extra gin binding (repeatable)")
     args = ap.parse_args(argv)
 
-    from asd_repro import config
-    from asd_repro.cli import _params
+    from asd_repro.core import config
+    from asd_repro.core.matrix import read_params
     from asd_repro.plugins import load_all
     from asd_repro.report.stage import table
-    from asd_repro.matrix import defense_names, seeds_of
+    from asd_repro.core.matrix import defense_names, seeds_of
 
     load_all()
     config.parse(args.gin, args.bind, bindings_source="--bind")
-    p = _params(args.params)
+    p = read_params(args.params)
     config.call_with_config(table, args.metrics, args.curves, args.paper, args.claims, args.out, p["profile"],
                             p["datasets"], p["attacks"], defense_names(p.get("defenses"), str(args.params)),
                             seeds_of(p, str(args.params)))
@@ -44,21 +39,7 @@ def _table(argv: list[str]) -> int:
 
 def run(command: str, argv: list[str]) -> int:
     """Run one report command; its exit status (compare and claims are gates: 1 means a change or a failure).
-
-    A reader that stops early (``asd-repro config ... | head``) ends the output quietly, with no traceback: exit 0
-    for the informational commands, and 141 (128 + SIGPIPE, as a C tool gets) for the gates, whose verdict was
-    not all read, so that a truncated gate never passes under ``set -o pipefail``.
-    """
-    try:
-        status = _dispatch(command, argv)
-        sys.stdout.flush()
-        return status
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail
-        return 141 if command in GATES else 0
-
-
-def _dispatch(command: str, argv: list[str]) -> int:
+    A reader that stops early is handled at the entry point (``asd_repro.cli.main``)."""
     if command == "table":
         return _table(argv)
     if command == "compare":

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 from asd_repro.report.gate import MAX_SEEDS, Gate, judge, significant, upper_mode
 from asd_repro.report.stats import Noise
 from asd_repro.report.table import KEY, LONG_COLUMNS, label, metrics_rows, read_long
@@ -229,6 +229,6 @@ def main(argv: list[str]) -> int:
     text = report(result, base_label, new_label, base, new, gate, args.exact)
     print(text, end="")
     if args.out:
-        from asd_repro.io import write_text_atomic
+        from asd_repro.core.io import write_text_atomic
         write_text_atomic(args.out, text)
     return 1 if result["verdict"].isin(FAILING).any() else 0

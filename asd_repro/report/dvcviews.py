@@ -84,7 +84,7 @@ def view_texts(long: pd.DataFrame, decimals: int = DECIMALS) -> dict[str, str]:
 def write_views(long: pd.DataFrame, out: Path | str, decimals: int = DECIMALS) -> list[Path]:
     """Replace the folder ``out`` (``results/<profile>/metrics``) with the views of ``long``, atomically: a reader
     sees the old folder or the new one, never a half-written one. Returns the files written."""
-    from asd_repro.io import atomic_dir
+    from asd_repro.core.io import atomic_dir
 
     texts = view_texts(long, decimals)
     with atomic_dir(out) as tmp:

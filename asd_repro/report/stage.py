@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import gin
+from asd_repro.core.config import configurable
 
 
-@gin.configurable("table", module="stages")
+@configurable(module="stages", name="table")
 def table(metrics: Path, curves: Path | None, paper_csv: Path, claims_file: Path | None, out: Path, profile: str,
           datasets: list[str], attacks: list[str], defenses: list[str], seeds: list[int],
           paper_dataset: dict[str, str] | None = None, decimals: int = 1, alpha: float = 0.05,
@@ -34,7 +34,7 @@ def table(metrics: Path, curves: Path | None, paper_csv: Path, claims_file: Path
         asr_success: a seed's attack succeeded when its ASR is at least this (%), for the per-cell count.
         figures: draw the PNG figures (matplotlib).
     """
-    from asd_repro.io import atomic_dir
+    from asd_repro.core.io import atomic_dir
     from asd_repro.report import figures as figs
     from asd_repro.report.claims import checklist, evaluate_claims, load_claims
     from asd_repro.report.dvcviews import PLOTS, VIEWS, write_curves, write_views

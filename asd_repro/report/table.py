@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 from asd_repro.report.gate import MAX_SEEDS, Gate, judge, significant
 from asd_repro.report.stats import Noise, fmt_acc, fmt_asr, summarise
 
@@ -38,7 +38,7 @@ def label(name: str) -> str:
 
 def metrics_rows(text: str, path: Path | str, dataset: str, attack: str, defense: str) -> list[dict[str, Any]]:
     """The per-seed rows of one ``<defense>.json`` written by the evaluate stage (its ``text``, read from ``path``)."""
-    from asd_repro.provenance import summary
+    from asd_repro.core.provenance import summary
 
     try:
         m = json.loads(text)

@@ -10,14 +10,43 @@ import importlib.util  # noqa: F401  (gin 0.5 needs it loaded before resolving `
 import re
 import tokenize
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import gin
-import yaml
 
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 
 _GIN_ERRORS = (ValueError, SyntaxError, tokenize.TokenError, KeyError, TypeError, AttributeError, IndexError)
+
+
+def configurable(module: str, name: str | None = None) -> Callable[[Any], Any]:
+    """``gin.configurable(name, module=module)`` whose every call first checks each argument it is given against its
+    annotation (``errors.check_types``): a binding of the wrong type is one line naming it (``attacks.IAB.epochs``),
+    before any work, for every plug-in and stage root alike. Ranges stay with each configurable (``require``)."""
+    import functools
+    import inspect
+
+    from asd_repro.core.errors import check_types
+
+    def decorate(obj: Any) -> Any:
+        target = obj.__init__ if inspect.isclass(obj) else obj
+        selector = f"{module}.{name or obj.__name__}"
+        signature = inspect.signature(target)
+
+        @functools.wraps(target)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            given = signature.bind_partial(*args, **kwargs).arguments
+            given.pop("self", None)
+            check_types(selector, target, {k: v for k, v in given.items() if v is not gin.REQUIRED})
+            return target(*args, **kwargs)
+
+        checked.__signature__ = signature  # gin reads the parameters with getfullargspec, which does not unwrap
+        if inspect.isclass(obj):
+            obj.__init__ = checked
+            return gin.configurable(name, module=module)(obj)
+        return gin.configurable(name, module=module)(checked)
+
+    return decorate
 
 
 def _first_line(e: BaseException) -> str:
@@ -107,13 +136,10 @@ def asked_config(files: Iterable[str | Path], bindings: Iterable[str]) -> str:
 
 def bindings_from_params(params_file: str | Path, key: str) -> list[str]:
     """Read a list of gin bindings stored under a dotted key of params.yaml (e.g. ``bindings.train``)."""
+    from asd_repro.core.matrix import read_params
+
     path = Path(params_file)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found; run from the project root") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: malformed YAML ({_first_line(e)}); fix the syntax") from None
+    data = read_params(path)
     node = data
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:

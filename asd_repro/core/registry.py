@@ -12,7 +12,7 @@ import importlib.util
 import pkgutil
 from typing import Any, Callable
 
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 
 
 class Registry:

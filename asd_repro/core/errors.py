@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import numbers
 import types
 import typing
+from pathlib import Path, PurePath
 from typing import Any, Callable
 
 
@@ -76,6 +78,14 @@ def require(binding: str, value: object, ok: bool, expected: str) -> None:
         raise UserError(f"{binding} = {value!r} is invalid: expected {expected}; {FIX}")
 
 
+SEED_LIMIT = 2**32  # numpy's legacy global seed (seeded with torch's and python's in every stage) takes < 2**32
+
+
+def check_seed(binding: str, seed: object) -> None:
+    """A seed every RNG of a stage accepts: an integer in [0, 2**32)."""
+    require(binding, seed, is_integer(seed) and 0 <= seed < SEED_LIMIT, f"an integer from 0 to {SEED_LIMIT - 1}")
+
+
 def _matches(value: object, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -90,12 +100,21 @@ def _matches(value: object, hint: Any) -> bool:
         return is_number(value)
     if hint is str:
         return isinstance(value, str)
+    if hint is PurePath or (isinstance(hint, type) and issubclass(hint, PurePath)):
+        return isinstance(value, (str, os.PathLike))
     if hint is tuple or origin in (tuple, list, typing.Sequence):
-        return isinstance(value, (tuple, list))
+        if not isinstance(value, (tuple, list)):
+            return False
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[float, float]: that many, each its type
+            return len(value) == len(args) and all(_matches(v, h) for v, h in zip(value, args))
+        return not args or all(_matches(v, args[0]) for v in value)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
     return True  # anything else (tensors, modules, callables) is not a binding's type
 
 
-_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path (a string)"}
 
 
 def _describe(hint: Any) -> str:
@@ -103,7 +122,28 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(h) for h in typing.get_args(hint))
     if hint is type(None):
         return "None"
+    if hint is dict or typing.get_origin(hint) is dict:
+        return "a mapping"
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and args and args[-1] is not Ellipsis:
+        return f"a list of {len(args)}: " + ", ".join(_describe(h) for h in args)
+    if args:
+        return f"a list of {_describe(args[0]).removeprefix('an ').removeprefix('a ')}s"
     return _NAMES.get(hint, "a list or tuple")
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """``fn``'s annotations evaluated; one that names something not importable at run time is left out."""
+    try:
+        return typing.get_type_hints(fn)
+    except (NameError, TypeError):
+        hints = {}
+        for name, annotation in getattr(fn, "__annotations__", {}).items():
+            try:
+                hints[name] = eval(annotation, fn.__globals__) if isinstance(annotation, str) else annotation
+            except Exception:  # noqa: BLE001 - an annotation for readers only
+                continue
+        return hints
 
 
 def check_types(prefix: str, fn: Callable[..., Any], values: dict[str, Any]) -> None:
@@ -112,7 +152,7 @@ def check_types(prefix: str, fn: Callable[..., Any], values: dict[str, Any]) -> 
     Call it first in a configurable, ``check_types('defenses.NoDefense', NoDefense.__init__, locals())``, so
     that a wrong type gets the one-line error instead of a TypeError deep inside training.
     """
-    hints = typing.get_type_hints(inspect.unwrap(fn))
+    hints = _hints(inspect.unwrap(fn))
     for name, value in values.items():
         hint = hints.get(name)
         if hint is not None and name != "self" and not _matches(value, hint):

@@ -5,10 +5,10 @@ before any stage runs (the pipeline's ``check`` stage) and read by the stages th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from asd_repro.errors import UserError
-from asd_repro.io import write_text_atomic
+from asd_repro.core.errors import SEED_LIMIT, UserError
+from asd_repro.core.io import write_text_atomic
 
 FAMILIES = {
     "scratch": "trained from scratch on the poisoned set (stage train)",
@@ -41,25 +41,36 @@ def seeds_of(params: dict[str, Any], source: str = "params.yaml") -> list[int]:
     if "seed" in params and seeds is None:
         raise UserError(f"{source}: 'seed' is now 'seeds', a list (e.g. seeds: [100, 101, 102]); rename it")
     if (not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                            and s >= 0 for s in seeds)):
-        raise UserError(f"{source}: 'seeds' must be a non-empty list of non-negative integers, got {seeds!r}")
+                                                            and 0 <= s < SEED_LIMIT for s in seeds)):
+        raise UserError(f"{source}: 'seeds' must be a non-empty list of integers from 0 to {SEED_LIMIT - 1}, "
+                        f"got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"{source}: 'seeds' lists a seed twice ({seeds}); list each once")
     return seeds
 
 
-def check_params(params_file: Path, out: Path, gin_root: Path = Path("params")) -> None:
-    """Validate params.yaml before any stage runs: every name needs a plug-in and its gin files."""
+def read_params(params_file: str | Path) -> Any:
+    """``params.yaml`` parsed: the one reader of the file (the CLI, the gin bindings lists, the report commands)."""
     import yaml
 
-    from asd_repro.registry import module_names
-
+    path = Path(params_file)
     try:
-        p = yaml.safe_load(Path(params_file).read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{params_file}: not found; run from the project root") from None
+        raise UserError(f"{path}: not found; run from the project root") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{params_file}: malformed YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+        raise UserError(f"{path}: malformed YAML ({str(e).splitlines()[0]}); fix the syntax") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror}); fix the file or its permissions") from None
+
+
+def check_params(params_file: Path, out: Path, family_of: Callable[[str], str],
+                 gin_root: Path = Path("params")) -> None:
+    """Validate params.yaml before any stage runs: every name needs a plug-in and its gin files, every defense sits
+    in its family (``family_of(name)``, the family the plug-in registered)."""
+    from asd_repro.core.registry import module_names
+
+    p = read_params(params_file)
     if not isinstance(p, dict):
         raise UserError(f"{params_file}: expected a mapping with profile, seeds, datasets, attacks, defenses")
     lists = {"datasets": p.get("datasets"), "attacks": p.get("attacks"),
@@ -73,6 +84,9 @@ def check_params(params_file: Path, out: Path, gin_root: Path = Path("params")) 
         for n in names:
             if n not in known:
                 raise UserError(f"{params_file}: unknown {kind} {n!r} in '{key}'; known: {', '.join(known)}")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UserError(f"{params_file}: '{key}' lists {', '.join(twice)} twice; list each {kind} once")
     profile = p.get("profile")
     folder = gin_root / "profiles" / str(profile)
     if not isinstance(profile, str) or not (folder / "common.gin").is_file():
@@ -82,11 +96,9 @@ def check_params(params_file: Path, out: Path, gin_root: Path = Path("params")) 
     if repair and "none" not in (p["defenses"].get("scratch") or []):
         raise UserError(f"{params_file}: defenses.repair ({', '.join(repair)}) repairs the No-defense model: "
                         "add 'none' to defenses.scratch")
-    from asd_repro.defenses import DEFENSES
-
     for family, names in p["defenses"].items():
         for name in names or []:
-            expected = DEFENSES.meta(name)["family"]
+            expected = family_of(name)
             if family != expected:
                 raise UserError(f"{params_file}: defense {name!r} belongs in defenses.{expected}, not "
                                 f"defenses.{family} ({FAMILIES[expected]})")

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from asd_repro.errors import UserError
+from asd_repro.core.errors import UserError
 
 
 @contextlib.contextmanager
@@ -27,8 +27,9 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a killed run (kill -9 skips the cleanup)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        if not _writer_alive(stale):  # another process still writing there keeps its folder
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
     except BaseException:
@@ -37,6 +38,41 @@ def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     os.replace(tmp, out)
+
+
+def _writer_alive(scratch: Path) -> bool:
+    """Whether the process named in a scratch folder's name (``.<out>.partial-<pid>-<random>``) still runs."""
+    pid = scratch.name.rpartition(".partial-")[2].split("-")[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+WRITE_ERRORS = {  # errno -> what to do, for a write that fails (one line naming the path, exit 2)
+    errno.EROFS: "the file system is read-only; write the outputs somewhere writable",
+    errno.EACCES: "permission denied; fix the folder's permissions or write elsewhere",
+    errno.EPERM: "not permitted; fix the folder's permissions or write elsewhere",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; move that file away",
+    errno.EISDIR: "the path is a folder where a file belongs; move that folder away",
+    errno.EEXIST: "a file stands where a folder is needed; move that file away",
+}
+
+
+def write_error(e: OSError) -> UserError | None:
+    """The one-line error for an OSError of a write (no space, read-only, permission, not a folder), else None."""
+    where = e.filename or "an output"
+    if e.errno in NO_SPACE:
+        return no_space_error(where, e.strerror or str(e))
+    if e.errno in WRITE_ERRORS:
+        return UserError(f"{where}: cannot write ({e.strerror}); {WRITE_ERRORS[e.errno]}; the previous outputs "
+                         "are intact")
+    return None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -1,0 +1,157 @@
+"""The mechanisms behind the bad-input contract, each tested where it lives: inputs that do not belong together,
+a write that fails for any reason, a scratch folder another process still writes, a seed every RNG takes, a matrix
+that names something twice, and the table stage's place after ``check``."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from asd_repro import stages
+from asd_repro.core.errors import UserError
+from asd_repro.core.io import atomic_dir, write_error
+
+from conftest import REPO, badnets_poisoned, configure, tiny_prepared
+
+GIN = ["params/base.gin", "params/attacks/badnets.gin", "params/defenses/none.gin", "params/profiles/smoke/common.gin",
+       "params/profiles/smoke/none.gin"]
+TRAIN = ["SEED = 3", "defenses.NoDefense.epochs = 1", "defenses.NoDefense.batch_size = 16",
+         "stages.train.device = 'cpu'"]
+
+
+def _train(clean, poisoned, out, upstream=None, bindings=()):
+    asked = configure(GIN, [*TRAIN, *bindings])
+    return stages.train("none", clean, poisoned, out, out.parent / f"{out.name}.json", None, asked_config=asked,
+                        upstream=upstream)
+
+
+def test_a_poisoned_set_of_another_prepared_set_is_refused_naming_it(tmp_path):
+    clean, poisoned = badnets_poisoned(tmp_path, GIN)
+    other = tiny_prepared(tmp_path / "other", n_per_class=13)  # same name, other images
+    with pytest.raises(UserError, match=r"made from another prepared set .*rebuild it"):
+        _train(other, poisoned, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    _train(clean, poisoned, tmp_path / "run")  # its own prepared set is fine
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_an_upstream_model_of_other_classes_is_refused_naming_it(tmp_path):
+    clean, poisoned = badnets_poisoned(tmp_path, GIN)
+    _train(clean, poisoned, tmp_path / "none")
+    import torch
+
+    saved = torch.load(tmp_path / "none" / "model.pt", weights_only=True)
+    from asd_repro.models import create_model
+
+    kwargs = {**saved["model_kwargs"], "num_classes": 43}
+    foreign = create_model(**kwargs)
+    torch.save({"model_kwargs": kwargs, "state_dict": foreign.state_dict()}, tmp_path / "none" / "model.pt")
+    with pytest.raises(UserError, match=r"num_classes 43 \(the cell has 10\)"):
+        _train(clean, poisoned, tmp_path / "repaired", upstream=tmp_path / "none")
+
+
+def test_more_seed_samples_than_a_class_holds_is_refused(tmp_path):
+    from conftest import tiny_context
+
+    ctx = tiny_context()
+    with pytest.raises(UserError, match=r"defenses.ASD.seeds_per_class asks 99 .* class \d has only \d+"):
+        ctx.clean_indices(99, np.random.default_rng(0), "defenses.ASD.seeds_per_class")
+    assert len(ctx.clean_indices(2, np.random.default_rng(0), "x")) == 6  # 3 classes x 2
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "free disk space"), (errno.EROFS, "read-only"),
+                                         (errno.EACCES, "permission"), (errno.ENOTDIR, "is a file, not a folder"),
+                                         (errno.EISDIR, "a folder where a file belongs")])
+def test_every_kind_of_failed_write_is_one_line_naming_the_path(code, words):
+    error = write_error(OSError(code, os.strerror(code), "results/mini/table.md"))
+    assert isinstance(error, UserError) and "\n" not in str(error)
+    assert str(error).startswith("results/mini/table.md: cannot write") and words in str(error)
+    assert write_error(OSError(errno.ECONNRESET, "reset", "x")) is None  # not a write problem: a real traceback
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES, errno.ENOSPC])
+@pytest.mark.parametrize("where", ["os.replace", "tempfile.mkstemp"])
+def test_a_failed_write_at_the_one_write_path_is_one_line_exit_2_and_nothing_written(tmp_path, monkeypatch, capsys,
+                                                                                     code, where):
+    """Fault injection where every small output (JSON, markers, curves) is written: the rename or the scratch file."""
+    import tempfile
+
+    from asd_repro.cli import main
+
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(tmp_path / "ok"))
+
+    module, name = where.split(".")
+    monkeypatch.setattr({"os": os, "tempfile": tempfile}[module], name, fail)
+    monkeypatch.chdir(REPO)
+    assert main(["check", "--out", str(tmp_path / "ok")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"asd-repro: error: {tmp_path / 'ok'}: cannot write") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_under_a_regular_file_through_the_cli_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    run = subprocess.run([sys.executable, "-m", "asd_repro", "check", "--out", str(tmp_path / "file" / "ok")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("asd-repro: error: ") and run.stderr.count("\n") == 1
+    assert "move that file away" in run.stderr
+
+
+def test_a_scratch_folder_of_a_live_writer_is_kept_and_a_dead_ones_removed(tmp_path):
+    out = tmp_path / "run"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".run.partial-{sleeper.pid}-abc"
+        dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                  text=True).stdout.strip()
+        dead = tmp_path / f".run.partial-{dead_pid}-def"
+        old_style = tmp_path / ".run.partial-xyz"  # written before scratch folders named their writer
+        for folder in (live, dead, old_style):
+            folder.mkdir()
+        with atomic_dir(out) as tmp:
+            (tmp / "a").write_text("1")
+        assert live.is_dir(), "another process's scratch folder is never deleted under it"
+        assert not dead.exists() and not old_style.exists()
+        assert (out / "a").read_text() == "1"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**63, True, 1.5])
+def test_a_seed_no_rng_takes_is_one_line_before_any_work(tmp_path, seed):
+    clean = tiny_prepared(tmp_path / "prepared")
+    configure(GIN, ["SEED = 3"])
+    with pytest.raises(UserError, match=r"stages.assets.seed = .* is invalid"):
+        stages.assets("badnets", clean, tmp_path / "assets", seed=seed)
+    assert not (tmp_path / "assets").exists()
+
+
+def test_check_refuses_a_name_listed_twice_and_a_seed_too_large(tmp_path):
+    from asd_repro.core.matrix import check_params
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    for change, message in ((dict(attacks=["badnets", "blend", "badnets"]), "lists badnets twice"),
+                            (dict(seeds=[100, 2**63]), "integers from 0 to 4294967295")):
+        file = tmp_path / "params.yaml"
+        file.write_text(yaml.safe_dump({**base, **change}))
+        with pytest.raises(UserError, match=message):
+            check_params(file, tmp_path / "ok", lambda name: {"fp": "repair", "nad": "repair", "dbd": "selfsup"}
+                         .get(name, "scratch"), gin_root=REPO / "params")
+        assert not (tmp_path / "ok").exists()
+
+
+def test_the_table_stage_runs_after_check():
+    table = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["table"]
+    check = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["check"]
+    assert check["outs"][0].keys() >= {"checks/params.ok"} if isinstance(check["outs"][0], dict) else False
+    assert "checks/params.ok" in [d.split(" ")[0] for d in table["deps"]]
