@@ -202,7 +202,8 @@ def run(argv: list[str] | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The entry point. A reader that stops early (``asd-repro config ... | head``) ends the output quietly, with
     no traceback: exit 0 for the informational commands, and 141 (128 + SIGPIPE, as a C tool gets) for the gates,
-    whose verdict was not all read, so that a truncated gate never passes under ``set -o pipefail``.
+    whose verdict was not all read, and for the runner (its stages are stopped), so that neither passes under
+    ``set -o pipefail``.
     """
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail
-        return 141 if argv and argv[0] in GATES else 0
+        return 141 if argv and argv[0] in (*GATES, "repro") else 0  # a runner cut short did not finish its work
 
 
 def _main(argv: list[str]) -> int:

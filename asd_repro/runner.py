@@ -11,12 +11,19 @@ command, and records it in ``dvc.lock`` (it holds its repository lock only while
 
 Each stage's own output goes to ``.dvc/tmp/asd-repro/<stage>.log``; the terminal gets one line per started and
 finished stage. The first failing stage stops the run (the running ones finish) with its log's last lines.
+
+A good process citizen: SIGTERM and SIGHUP (a CI cancel, a closed terminal) stop it as Ctrl-C does (the running
+stages are interrupted and resume on the next run); a watchdog process kills every stage's process group when
+the runner dies without cleaning up (``kill -9``); one runner at a time holds the workspace. With ``--gpus`` each
+stage that trains or evaluates gets one device (``CUDA_VISIBLE_DEVICES``, at most ``--per-gpu`` stages a device)
+and the CPU-only stages none.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -27,7 +34,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from asd_repro.cluster import Cluster
 
 LOGS = Path(".dvc/tmp/asd-repro")
 
@@ -102,6 +112,47 @@ def plan(targets: list[str], force: bool) -> Plan:
     return Plan(needs, order)
 
 
+# Families whose stages compute on a device (torch); the others (check, prepare, table) are CPU-only.
+DEVICE_FAMILIES = ("assets", "poison", "train", "repair", "pretrain", "finetune", "evaluate")
+
+
+class Slots:
+    """Devices for the stages that run side by side: each device stage takes the least-busy device with room (at
+    most ``per_device`` stages on one device); a CPU-only stage gets no device. Without devices, no stage is
+    given any (CUDA_VISIBLE_DEVICES stays as it was)."""
+
+    def __init__(self, devices: list[str], per_device: int = 1):
+        self.devices, self.per_device = list(devices), per_device
+        self.busy: dict[str, int] = {d: 0 for d in self.devices}
+        self.held: dict[str, str] = {}
+
+    @property
+    def capacity(self) -> int | None:
+        return len(self.devices) * self.per_device if self.devices else None
+
+    def can_start(self, name: str) -> bool:
+        return not self.devices or not _on_device(name) or any(n < self.per_device for n in self.busy.values())
+
+    def take(self, name: str) -> str | None:
+        """The CUDA_VISIBLE_DEVICES value of stage ``name`` ('' for none), or None when no devices were given."""
+        if not self.devices:
+            return None
+        if not _on_device(name):
+            return ""
+        device = min((d for d in self.devices if self.busy[d] < self.per_device), key=lambda d: self.busy[d])
+        self.busy[device] += 1
+        self.held[name] = device
+        return device
+
+    def give_back(self, name: str) -> None:
+        if name in self.held:
+            self.busy[self.held.pop(name)] -= 1
+
+
+def _on_device(name: str) -> bool:
+    return name.split("@")[0] in DEVICE_FAMILIES
+
+
 def stage_env(jobs: int) -> dict[str, str]:
     """The environment of the stages' processes. A profile that leaves ``stages.torch_threads`` unbound gets torch's
     default, which follows OMP_NUM_THREADS: the cores are shared between the stages that run side by side instead
@@ -122,27 +173,70 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc") -> tuple[int, dict[str, float]]:
-    """Run the plan; return the exit status (0, or the first failure's) and every finished stage's seconds."""
+class Stopped(Exception):
+    """SIGTERM or SIGHUP reached the runner: stop as Ctrl-C does."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+def _lock_entries(path: Path = Path("dvc.lock")) -> dict[str, str]:
+    """Each stage's dvc.lock entry as text: a stage ran when DVC rewrote its entry, and was skipped when not."""
+    import yaml
+
+    try:
+        stages = (yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {})
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {name: json.dumps(entry, sort_keys=True) for name, entry in (stages.get("stages") or {}).items()}
+
+
+def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | None = None,
+        watch: "Watchdog | None" = None, devices: dict[str, str] | None = None,
+        cluster: "Cluster | None" = None) -> tuple[int, dict[str, float]]:
+    """Run the plan; return the exit status (0, or the first failure's) and every finished stage's seconds.
+    ``devices`` (if given) receives each started stage's CUDA_VISIBLE_DEVICES ('' for none); with ``cluster``
+    every stage is a cluster job (``asd_repro.cluster``) instead of a local process."""
     LOGS.mkdir(parents=True, exist_ok=True)
     env = stage_env(jobs)
+    slots = slots or Slots([])
     waiting = dict(plan_.needs)
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
     done: dict[str, float] = {}
     failed: tuple[str, int] | None = None
     total, start = len(waiting), time.perf_counter()
+    before = _lock_entries()
     try:
         while waiting or running:
             if failed is None:
                 ready = sorted((n for n, deps in waiting.items() if not deps), key=lambda n: -plan_.order[n])
-                for name in ready[:max(0, jobs - len(running))]:
+                for name in ready:
+                    if len(running) >= jobs:
+                        break
+                    if not slots.can_start(name):
+                        continue
                     del waiting[name]
                     log = open(log_path(name), "w")
                     argv = [dvc, "--wait-for-lock", "repro", "--single-item", *(["--force"] if force else []), name]
-                    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+                    device = slots.take(name)
+                    stage = env if device is None else dict(env, CUDA_VISIBLE_DEVICES=device)
+                    if cluster is not None:
+                        proc = cluster.submit(name, force, dvc)
+                    else:
+                        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=stage,
+                                                start_new_session=True)
+                        if watch is not None:
+                            watch.add(proc.pid)
+                    if devices is not None:
+                        devices[name] = "" if device is None else device
                     running[name] = (proc, time.perf_counter(), log)
-                    print(f"[{len(done) + len(running)}/{total}] {name} started", flush=True)
+                    on = "" if not device else f" on device {device}"
+                    print(f"[{len(done) + len(running)}/{total}] {name} started{on}", flush=True)
             elif not running:
                 break
             time.sleep(0.2)
@@ -150,6 +244,11 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc") -> tuple[int, dic
                 if proc.poll() is None:
                     continue
                 del running[name]
+                slots.give_back(name)
+                if cluster is not None:
+                    log.write(proc.log())
+                elif watch is not None:
+                    watch.done(proc.pid)
                 log.close()
                 seconds = time.perf_counter() - began
                 if proc.returncode != 0:
@@ -161,17 +260,24 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc") -> tuple[int, dic
                 for deps in waiting.values():
                     deps.discard(name)
                 elapsed = time.perf_counter() - start
-                ran = "Running stage" in log_path(name).read_text(errors="replace")  # else DVC found it unchanged
+                after = _lock_entries()
+                ran = force or after.get(name) != before.get(name)  # DVC rewrites the entry of a stage it ran
+                before = after
                 print(f"[{len(done)}/{total}] {name} {'done' if ran else 'unchanged, skipped'} in {seconds:.0f} s "
                       f"({elapsed / 60:.1f} min in)", flush=True)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped) as e:
         for proc, _, _ in running.values():
-            os.killpg(proc.pid, signal.SIGINT)
+            if cluster is not None:
+                proc.cancel()  # the job's stage resumes from its last epoch when submitted again
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
         for proc, _, _ in running.values():
             proc.wait()
-        print("asd-repro: interrupted; run it again to resume (finished stages are recorded, a training stage "
+        why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by {e}"
+        print(f"asd-repro: {why}; run it again to resume (finished stages are recorded, a training stage "
               "resumes from its last epoch)", file=sys.stderr)
-        return 130, done
+        return (130 if isinstance(e, KeyboardInterrupt) else 128 + e.signum), done
     if failed is not None:
         left = len(waiting)
         print(f"asd-repro: stage {failed[0]} failed; {left} stage(s) not started. Fix it and run again: finished "
@@ -180,8 +286,86 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc") -> tuple[int, dic
     return 0, done
 
 
+class Watchdog:
+    """A process that outlives the runner: the runner tells it every process group it starts and ends; if the
+    runner dies without saying goodbye (``kill -9``: its end of the pipe closes), the watchdog ends those groups
+    (SIGTERM, then SIGKILL after a grace period), so no stage keeps training unseen."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", "from asd_repro.runner import watch; watch()"],
+                                     stdin=subprocess.PIPE, text=True, start_new_session=True)
+
+    def _say(self, line: str) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+
+    def add(self, pgid: int) -> None:
+        self._say(f"add {pgid}")
+
+    def done(self, pgid: int) -> None:
+        self._say(f"done {pgid}")
+
+    def close(self) -> None:
+        self._say("exit")
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
+def watch(grace: float = 10.0) -> None:
+    """The watchdog's loop (see ``Watchdog``): read ``add``/``done``/``exit`` lines until the pipe ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    groups: set[int] = set()
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        if command == "exit":
+            return
+        (groups.add if command == "add" else groups.discard)(int(arg))
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
+            time.sleep(0.2)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 @contextlib.contextmanager
-def forkserver(jobs: int) -> Iterator[None]:
+def workspace_lock() -> Iterator[None]:
+    """One runner a workspace: a second one stops with one line naming the first's pid."""
+    from asd_repro.core.errors import UserError
+
+    LOGS.mkdir(parents=True, exist_ok=True)
+    path = LOGS / "runner.lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(f"{path}: another asd-repro repro (pid {holder}) runs in this workspace; wait for it to "
+                        "finish or stop it, then run again") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+@contextlib.contextmanager
+def forkserver(jobs: int, watch: Watchdog | None = None) -> Iterator[None]:
     """Run ``asd_repro.forkserver`` for the stages' ``asd-repro`` commands (set in ``ASD_REPRO_SERVER``), so that
     none of them pays the libraries' imports again; without it (it failed to start) each imports them itself."""
     from asd_repro.forkserver import ENV
@@ -192,6 +376,8 @@ def forkserver(jobs: int) -> Iterator[None]:
     log = open(LOGS / "forkserver.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "asd_repro", "--forkserver", str(path)], stdout=subprocess.PIPE,
                               stderr=log, env=env, text=True, start_new_session=True)
+    if watch is not None:
+        watch.add(server.pid)
     ready = server.stdout.readline().strip() == "ready"
     previous = os.environ.get(ENV)
     if ready:
@@ -213,31 +399,117 @@ def forkserver(jobs: int) -> Iterator[None]:
         shutil.rmtree(path.parent, ignore_errors=True)
 
 
+def _plan(targets: list[str], force: bool) -> Plan:
+    """``plan``, with DVC's own errors (no DVC project, a malformed dvc.yaml, params.yaml or dvc.lock, a lock
+    another DVC process holds) as one line."""
+    from asd_repro.core.errors import UserError
+
+    try:
+        return plan(targets, force)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - DVC's exceptions have no common importable base across versions
+        if type(e).__module__.split(".")[0] not in ("dvc", "dvc_objects", "dvc_data", "ruamel", "yaml", "funcy"):
+            raise
+        text = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(f"dvc: {text[:300]}; fix that and run again (plain `dvc repro` says the same)") from None
+
+
+def preflight(params_file: Path = Path("params.yaml")) -> None:
+    """Parse every gin bindings list of ``params.yaml`` against the registered configurables before any stage
+    runs: a typo (an unknown configurable or parameter, a syntax error) stops the run with one line naming its list,
+    instead of failing inside a stage after DVC has already removed that stage's previous outputs."""
+    if not params_file.is_file():
+        return
+    import gin
+
+    from asd_repro.core import config
+    from asd_repro.core.matrix import read_params
+    from asd_repro.plugins import load_all
+
+    lists = (read_params(params_file) or {}).get("bindings")
+    if not isinstance(lists, dict):
+        return  # the check stage names the problem
+    load_all()
+    try:
+        for key in lists:
+            source = f"{params_file}:bindings.{key}"
+            config.parse([], config.bindings_from_params(params_file, f"bindings.{key}"), bindings_source=source)
+    finally:
+        gin.clear_config()
+
+
+def _devices(text: str | None) -> list[str]:
+    from asd_repro.core.errors import UserError
+
+    if text is None:
+        return []
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    if not devices or not all(d.isdigit() for d in devices) or len(set(devices)) != len(devices):
+        raise UserError(f"--gpus {text}: give device indices, e.g. --gpus 0,1")
+    return devices
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="asd-repro repro", description=__doc__.splitlines()[0])
     ap.add_argument("targets", nargs="*", help="stages to bring up to date (default: the whole pipeline)")
-    ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1,
-                    help="stages at a time (default: the CPU cores; use 1 with one GPU)")
+    ap.add_argument("-j", "--jobs", type=int,
+                    help="stages at a time (default: the CPU cores; with --gpus, the devices x --per-gpu)")
     ap.add_argument("-f", "--force", action="store_true", help="re-run every selected stage, changed or not")
     ap.add_argument("--dry", action="store_true", help="print the stages that would run, run nothing")
     ap.add_argument("--times", type=Path, help="write every finished stage's wall seconds here (JSON)")
+    ap.add_argument("--gpus", metavar="LIST",
+                    help="GPU indices, e.g. 0,1: each stage that trains or evaluates gets one (CUDA_VISIBLE_DEVICES), "
+                         "the CPU-only stages none; the fork server stays off")
+    ap.add_argument("--per-gpu", type=int, default=1, metavar="K", help="stages at a time on one GPU (default 1)")
+    ap.add_argument("--no-forkserver", action="store_true",
+                    help="every stage imports the libraries itself (no shared process that has imported them)")
+    ap.add_argument("--cluster", choices=("slurm", "local"),
+                    help="run every stage as a job through submitit: 'slurm', or 'local' processes (to try it)")
+    ap.add_argument("--partition", help="the SLURM partition of the jobs (default: the cluster's)")
+    ap.add_argument("--hours-scale", type=float, default=1.0, metavar="F",
+                    help="scale every stage family's time limit (asd_repro/cluster.py RESOURCES) by F")
     args = ap.parse_args(argv)
     from asd_repro.core.errors import UserError
 
-    if args.jobs < 1:
-        raise UserError(f"-j {args.jobs}: run at least one stage at a time")
+    slots = Slots(_devices(args.gpus), args.per_gpu)
+    if args.per_gpu < 1:
+        raise UserError(f"--per-gpu {args.per_gpu}: run at least one stage a device")
+    jobs = args.jobs if args.jobs is not None else (slots.capacity or os.cpu_count() or 1)
+    if jobs < 1:
+        raise UserError(f"-j {jobs}: run at least one stage at a time")
     start = time.perf_counter()
-    plan_ = plan(args.targets, args.force)
-    if not plan_.needs:
-        print("Data and pipelines are up to date.")
-        return 0
-    if args.dry:
-        for name in sorted(plan_.needs, key=lambda n: -plan_.order[n]):
-            print(name)
-        return 0
-    print(f"{len(plan_.needs)} stage(s) to run, {args.jobs} at a time; logs in {LOGS}/", flush=True)
-    with forkserver(args.jobs):
-        status, done = run(plan_, args.jobs, args.force)
+    with workspace_lock():
+        plan_ = _plan(args.targets, args.force)
+        if not plan_.needs:
+            print("Data and pipelines are up to date.")
+            return 0
+        if args.dry:
+            for name in sorted(plan_.needs, key=lambda n: -plan_.order[n]):
+                print(name)
+            return 0
+        preflight()
+        on = f" on GPUs {','.join(slots.devices)} ({args.per_gpu} a GPU)" if slots.devices else ""
+        print(f"{len(plan_.needs)} stage(s) to run, {jobs} at a time{on}; logs in {LOGS}/", flush=True)
+        cluster = None
+        if args.cluster:
+            from asd_repro.cluster import Cluster
+
+            cluster = Cluster(args.cluster, LOGS / "jobs", args.partition, args.hours_scale)
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        watch = Watchdog()
+        devices: dict[str, str] = {}
+        try:
+            local = not (args.no_forkserver or slots.devices or cluster)
+            with forkserver(jobs, watch) if local else contextlib.nullcontext():
+                status, done = run(plan_, jobs, args.force, slots=slots, watch=watch, devices=devices,
+                                   cluster=cluster)
+        except Stopped as e:  # a signal between the stages' loop and the fork server's clean-up
+            status, done = 128 + e.signum, {}
+        finally:
+            watch.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     wall = time.perf_counter() - start
     families: dict[str, float] = {}
     for name, seconds in done.items():
@@ -245,6 +517,6 @@ def main(argv: list[str]) -> int:
     print(f"{len(done)} stage(s) in {wall / 60:.1f} min wall; stage seconds by family: "
           + ", ".join(f"{k} {v:.0f}" for k, v in families.items()))
     if args.times:
-        args.times.write_text(json.dumps({"jobs": args.jobs, "wall_seconds": wall, "stages": done,
-                                          "families": families, "returncode": status}, indent=2) + "\n")
+        args.times.write_text(json.dumps({"jobs": jobs, "wall_seconds": wall, "stages": done, "families": families,
+                                          "devices": devices, "returncode": status}, indent=2) + "\n")
     return status

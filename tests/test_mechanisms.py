@@ -67,12 +67,12 @@ def test_more_seed_samples_than_a_class_holds_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("code, words", [(errno.ENOSPC, "free disk space"), (errno.EROFS, "read-only"),
-                                         (errno.EACCES, "permission"), (errno.ENOTDIR, "is a file, not a folder"),
+                                         (errno.EACCES, "fix the permissions"), (errno.ENOTDIR, "is a file, not a folder"),
                                          (errno.EISDIR, "a folder where a file belongs")])
 def test_every_kind_of_failed_write_is_one_line_naming_the_path(code, words):
     error = write_error(OSError(code, os.strerror(code), "results/mini/table.md"))
     assert isinstance(error, UserError) and "\n" not in str(error)
-    assert str(error).startswith("results/mini/table.md: cannot write") and words in str(error)
+    assert str(error).startswith("results/mini/table.md: cannot ") and words in str(error)
     assert write_error(OSError(errno.ECONNRESET, "reset", "x")) is None  # not a write problem: a real traceback
 
 
@@ -93,7 +93,7 @@ def test_a_failed_write_at_the_one_write_path_is_one_line_exit_2_and_nothing_wri
     monkeypatch.chdir(REPO)
     assert main(["check", "--out", str(tmp_path / "ok")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"asd-repro: error: {tmp_path / 'ok'}: cannot write") and err.count("\n") == 1
+    assert err.startswith(f"asd-repro: error: {tmp_path / 'ok'}: cannot ") and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
 
@@ -155,3 +155,71 @@ def test_the_table_stage_runs_after_check():
     check = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["check"]
     assert check["outs"][0].keys() >= {"checks/params.ok"} if isinstance(check["outs"][0], dict) else False
     assert "checks/params.ok" in [d.split(" ")[0] for d in table["deps"]]
+
+
+def _fail_with(code):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code), "the-output")
+    return fail
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+@pytest.mark.parametrize("kind", ["arrays", "json", "model", "png"])
+def test_every_output_kind_fails_to_write_as_one_line_exit_2_and_leaves_nothing(tmp_path, monkeypatch, capsys,
+                                                                                code, kind):
+    """Fault injection at each kind of output: a stage's arrays (numpy), JSON records, model weights (torch) and the
+    table's figures (matplotlib); the previous outputs stay and no scratch folder is left."""
+    import matplotlib.figure
+    import numpy
+    import tempfile
+    import torch
+
+    from asd_repro.cli import main
+
+    monkeypatch.chdir(REPO)
+    clean, poisoned = badnets_poisoned(tmp_path, GIN)
+    metrics = tmp_path / "metrics"
+    if kind == "png":
+        from conftest import write_metrics
+
+        write_metrics(metrics, {("mnist5k", "badnets", d): {100: (98.0, 1.0)} for d in ("none", "asd")})
+        (tmp_path / "p.yaml").write_text("profile: mini\nseeds: [100]\ndatasets: [mnist5k]\nattacks: [badnets]\n"
+                                         "defenses: {scratch: [none, asd], repair: [], selfsup: []}\n")
+    target, argv = {
+        "arrays": ((numpy, "save"), ["poison", "badnets", "--clean", clean, "--assets", tmp_path / "assets",
+                                     "--out", tmp_path / "out", "--seed", "3", "--gin", *GIN,
+                                     "--bind", "attacks.BadNets.ratio = 0.2"]),
+        "json": ((tempfile, "mkstemp"), ["poison", "badnets", "--clean", clean, "--assets", tmp_path / "assets",
+                                         "--out", tmp_path / "out", "--seed", "3", "--gin", *GIN,
+                                         "--bind", "attacks.BadNets.ratio = 0.2"]),
+        "model": ((torch, "save"), ["train", "none", "--clean", clean, "--poisoned", poisoned, "--out",
+                                    tmp_path / "out", "--curves", tmp_path / "out.json", "--seed", "3", "--gin", *GIN,
+                                    *sum((["--bind", b] for b in TRAIN[1:]), [])]),
+        "png": ((matplotlib.figure.Figure, "savefig"), ["table", "--metrics", metrics, "--paper",
+                                                        "reference/paper_table.csv", "--params", tmp_path / "p.yaml",
+                                                        "--out", tmp_path / "out",
+                                                        "--gin", "params/profiles/mini/common.gin"]),
+    }[kind]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "previous.txt").write_text("the last good output")
+    monkeypatch.setattr(*target, _fail_with(code))
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.rsplit("\r", 1)[-1]  # after the training's progress bar, if any
+    assert err.startswith("asd-repro: error: ") and err.count("\n") == 1, err
+    assert ": cannot " in err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["previous.txt"], "the previous output is untouched"
+    assert not list(tmp_path.glob(".out.partial-*")), "no scratch folder is left"
+
+
+def test_a_training_stage_places_its_model_folder_and_curves_together_or_neither(tmp_path, monkeypatch, capsys):
+    from asd_repro.cli import main
+    from asd_repro.stages import training
+
+    monkeypatch.chdir(REPO)
+    clean, poisoned = badnets_poisoned(tmp_path, GIN)
+    monkeypatch.setattr(training, "write_json", _fail_with(errno.ENOSPC))  # the curves file is the one that fails
+    argv = ["train", "none", "--clean", clean, "--poisoned", poisoned, "--out", tmp_path / "run", "--curves",
+            tmp_path / "run.json", "--seed", "3", "--gin", *GIN, *sum((["--bind", b] for b in TRAIN[1:]), [])]
+    assert main([str(a) for a in argv]) == 2
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.json").exists()
+    assert "cannot write" in capsys.readouterr().err.rsplit("\r", 1)[-1]

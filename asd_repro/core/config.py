@@ -33,11 +33,14 @@ def configurable(module: str, name: str | None = None) -> Callable[[Any], Any]:
         selector = f"{module}.{name or obj.__name__}"
         signature = inspect.signature(target)
 
+        packed = {p.name for p in signature.parameters.values()
+                  if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+
         @functools.wraps(target)
         def checked(*args: Any, **kwargs: Any) -> Any:
             given = signature.bind_partial(*args, **kwargs).arguments
-            given.pop("self", None)
-            check_types(selector, target, {k: v for k, v in given.items() if v is not gin.REQUIRED})
+            check_types(selector, target, {k: v for k, v in given.items()
+                                           if k != "self" and k not in packed and v is not gin.REQUIRED})
             return target(*args, **kwargs)
 
         checked.__signature__ = signature  # gin reads the parameters with getfullargspec, which does not unwrap

@@ -12,7 +12,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,27 +25,54 @@ from asd_repro.core.errors import UserError
 
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield a scratch folder that replaces ``out`` only if the block finishes without error."""
+    """Yield a scratch folder that replaces ``out`` only if the block finishes without error.
+
+    The scratch folder is named after its writer (``.<out>.partial-<pid>@<host>-<random>``), so another process
+    writing the same output keeps its folder; the previous ``out`` is moved aside and put back if the final rename
+    fails, so a failure never loses it.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a killed run (kill -9 skips the cleanup)
         if not _writer_alive(stale):  # another process still writing there keeps its folder
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}@{HOST}-", dir=out.parent))
     try:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    os.replace(tmp, out)
+        if out.exists() or out.is_symlink():
+            old = tmp.with_name(tmp.name + ".old")
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)
+                raise
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+HOST = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname()) or "host"
+STALE_ELSEWHERE_S = 86_400  # a scratch folder of another machine's writer (a shared file system) is kept a day
 
 
 def _writer_alive(scratch: Path) -> bool:
-    """Whether the process named in a scratch folder's name (``.<out>.partial-<pid>-<random>``) still runs."""
-    pid = scratch.name.rpartition(".partial-")[2].split("-")[0]
-    if not pid.isdigit() or int(pid) == os.getpid():
+    """Whether the writer named in a scratch folder's name (``.<out>.partial-<pid>@<host>-<random>``) still runs:
+    a process of this machine is asked; another machine's folder counts as alive for a day after its last change."""
+    rest = scratch.name.rpartition(".partial-")[2]
+    pid, at, host = rest.partition("@")
+    host = host.rsplit("-", 1)[0] if at else HOST
+    pid = pid if at else rest.split("-")[0]
+    if not pid.isdigit():
+        return False
+    if host != HOST:
+        with contextlib.suppress(OSError):
+            return time.time() - scratch.stat().st_mtime < STALE_ELSEWHERE_S
+        return False
+    if int(pid) == os.getpid():
         return False
     try:
         os.kill(int(pid), 0)
@@ -56,22 +85,34 @@ def _writer_alive(scratch: Path) -> bool:
 
 WRITE_ERRORS = {  # errno -> what to do, for a write that fails (one line naming the path, exit 2)
     errno.EROFS: "the file system is read-only; write the outputs somewhere writable",
-    errno.EACCES: "permission denied; fix the folder's permissions or write elsewhere",
-    errno.EPERM: "not permitted; fix the folder's permissions or write elsewhere",
+    errno.EACCES: "fix the permissions of the file or its folder, or write elsewhere",
+    errno.EPERM: "fix the permissions of the file or its folder, or write elsewhere",
     errno.ENOTDIR: "a part of the path is a file, not a folder; move that file away",
     errno.EISDIR: "the path is a folder where a file belongs; move that folder away",
     errno.EEXIST: "a file stands where a folder is needed; move that file away",
 }
 
 
+def _errno_of(e: OSError) -> tuple[int | None, str | None, str | None]:
+    """(errno, strerror, filename) of an OSError. gin re-raises an exception from inside a configurable as a proxy
+    that keeps only its text (``[Errno 28] No space left on device: 'path'``), so they are read back from it."""
+    if e.errno is not None:
+        return e.errno, e.strerror, e.filename
+    import re
+
+    found = re.match(r"\[Errno (\d+)\] ([^:\n]+)(?:: '([^'\n]*)')?", str(e))
+    return (int(found.group(1)), found.group(2), found.group(3)) if found else (None, None, None)
+
+
 def write_error(e: OSError) -> UserError | None:
-    """The one-line error for an OSError of a write (no space, read-only, permission, not a folder), else None."""
-    where = e.filename or "an output"
-    if e.errno in NO_SPACE:
-        return no_space_error(where, e.strerror or str(e))
-    if e.errno in WRITE_ERRORS:
-        return UserError(f"{where}: cannot write ({e.strerror}); {WRITE_ERRORS[e.errno]}; the previous outputs "
-                         "are intact")
+    """The one-line error for an OSError of a file (no space, read-only, permission, not a folder), else None."""
+    code, strerror, filename = _errno_of(e)
+    where = filename or "an output"
+    if code in NO_SPACE:
+        return no_space_error(where, strerror or str(e))
+    if code in WRITE_ERRORS:
+        verb = "cannot read or write" if code in (errno.EACCES, errno.EPERM) else "cannot write"
+        return UserError(f"{where}: {verb} ({strerror}); {WRITE_ERRORS[code]}; the previous outputs are intact")
     return None
 
 

@@ -135,17 +135,18 @@ class Context:
         """``per_class`` random CLEAN training samples of each class (the defender's clean data).
 
         Like the ASD reference, this uses the ground-truth poison flag: the defender is assumed to
-        hold a few known-clean samples per class. A class with fewer clean samples than ``per_class`` is an error
-        naming ``binding`` (the defender would otherwise be handed every clean sample of that class).
+        hold a few known-clean samples per class. A class with some clean samples, but fewer than ``per_class``, is
+        an error naming ``binding`` (the defender would otherwise be handed every clean sample of that class). A
+        class with none (a clean-label attack that poisoned every target-class image, CLB on GTSRB) gives none.
         """
         y = self.train_y.cpu().numpy()
         picks = []
         for c in range(self.num_classes):
             idx = np.flatnonzero((y == c) & ~self.poison)
-            if per_class > len(idx):
+            if 0 < len(idx) < per_class:
                 raise UserError(f"{binding} asks {per_class} clean samples of every class, but class {c} has only "
                                 f"{len(idx)} clean training images; lower it")
-            picks.append(rng.choice(idx, size=per_class, replace=False))
+            picks.append(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
         return np.sort(np.concatenate(picks))
 
 

@@ -79,9 +79,9 @@ def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, ch
             "device": str(dev), "torch": torch.__version__, "python": platform.python_version(),
             "train_seconds": round(seconds, 2), "final_epoch": final, "model": cell.model_kwargs,
             "environment": environment(dev), "memory": peak_memory(dev), **getattr(defense_obj, "run_info", {})}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:  # the curves are written inside: the stage's outputs land together or not at all
         write_run_folder(tmp, asked_config, model, cell.model_kwargs, "run.json", info)
-    write_json(curves, ctx.uniform_curves())
+        write_json(curves, ctx.uniform_curves())
     ctx.checkpointer.clear()
     print(f"trained {data.info.name}/{cell.meta['attack']}/{defense} in {seconds:.1f}s on {dev}: "
           f"ACC {final['acc']:.2f} ASR {final['asr']:.2f} -> {out}")
