@@ -44,9 +44,7 @@ class StageJob(_Requeued):
     def __call__(self) -> str:
         argv = [self.dvc, "--wait-for-lock", "repro", "--single-item", *(["--force"] if self.force else []),
                 self.name]
-        run = subprocess.run(argv, cwd=self.root, capture_output=True, text=True)
-        print(run.stdout, end="")
-        print(run.stderr, end="")
+        run = subprocess.run(argv, cwd=self.root)  # its output goes live to the job's log
         if run.returncode != 0:
             raise RuntimeError(f"{self.name}: dvc exited {run.returncode}")
         return self.name

@@ -173,7 +173,7 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-class Stopped(Exception):
+class Stopped(BaseException):  # not an Exception: no `except Exception` may swallow it
     """SIGTERM or SIGHUP reached the runner: stop as Ctrl-C does."""
 
     def __init__(self, signum: int):
@@ -210,7 +210,7 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | No
     done: dict[str, float] = {}
     failed: tuple[str, int] | None = None
     total, start = len(waiting), time.perf_counter()
-    before = _lock_entries()
+    before: dict[str, str | None] = {}  # each stage's dvc.lock entry when it started
     try:
         while waiting or running:
             if failed is None:
@@ -234,6 +234,7 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | No
                             watch.add(proc.pid)
                     if devices is not None:
                         devices[name] = "" if device is None else device
+                    before[name] = _lock_entries().get(name)
                     running[name] = (proc, time.perf_counter(), log)
                     on = "" if not device else f" on device {device}"
                     print(f"[{len(done) + len(running)}/{total}] {name} started{on}", flush=True)
@@ -260,12 +261,10 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | No
                 for deps in waiting.values():
                     deps.discard(name)
                 elapsed = time.perf_counter() - start
-                after = _lock_entries()
-                ran = force or after.get(name) != before.get(name)  # DVC rewrites the entry of a stage it ran
-                before = after
+                ran = force or _lock_entries().get(name) != before[name]  # DVC rewrites the entry of a stage it ran
                 print(f"[{len(done)}/{total}] {name} {'done' if ran else 'unchanged, skipped'} in {seconds:.0f} s "
                       f"({elapsed / 60:.1f} min in)", flush=True)
-    except (KeyboardInterrupt, Stopped) as e:
+    except BaseException as e:
         for proc, _, _ in running.values():
             if cluster is not None:
                 proc.cancel()  # the job's stage resumes from its last epoch when submitted again
@@ -274,6 +273,8 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | No
                 os.killpg(proc.pid, signal.SIGINT)
         for proc, _, _ in running.values():
             proc.wait()
+        if not isinstance(e, (KeyboardInterrupt, Stopped)):
+            raise  # anything else (a closed output pipe, a failed submission): the stages stopped, then the error
         why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"stopped by {e}"
         print(f"asd-repro: {why}; run it again to resume (finished stages are recorded, a training stage "
               "resumes from its last epoch)", file=sys.stderr)
@@ -291,9 +292,11 @@ class Watchdog:
     runner dies without saying goodbye (``kill -9``: its end of the pipe closes), the watchdog ends those groups
     (SIGTERM, then SIGKILL after a grace period), so no stage keeps training unseen."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_fds: tuple[int, ...] = ()) -> None:
+        """``keep_fds``: file descriptors the watchdog holds until it is done (the workspace lock: a new runner
+        cannot start while the stages of a killed one are still being ended)."""
         self.proc = subprocess.Popen([sys.executable, "-c", "from asd_repro.runner import watch; watch()"],
-                                     stdin=subprocess.PIPE, text=True, start_new_session=True)
+                                     stdin=subprocess.PIPE, text=True, start_new_session=True, pass_fds=keep_fds)
 
     def _say(self, line: str) -> None:
         with contextlib.suppress(BrokenPipeError, OSError):
@@ -306,8 +309,10 @@ class Watchdog:
     def done(self, pgid: int) -> None:
         self._say(f"done {pgid}")
 
-    def close(self) -> None:
-        self._say("exit")
+    def close(self, stop_stages: bool = False) -> None:
+        """Let the watchdog go; with ``stop_stages`` (the runner is failing) it ends the groups it knows first."""
+        if not stop_stages:
+            self._say("exit")
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
         self.proc.wait()
@@ -340,8 +345,9 @@ def _group_alive(pgid: int) -> bool:
 
 
 @contextlib.contextmanager
-def workspace_lock() -> Iterator[None]:
-    """One runner a workspace: a second one stops with one line naming the first's pid."""
+def workspace_lock() -> Iterator[int]:
+    """One runner a workspace: a second one stops with one line naming the first's pid. Yields the lock's file
+    descriptor (the watchdog holds it too)."""
     from asd_repro.core.errors import UserError
 
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -359,7 +365,7 @@ def workspace_lock() -> Iterator[None]:
     handle.write(str(os.getpid()))
     handle.flush()
     try:
-        yield
+        yield handle.fileno()
     finally:
         handle.close()
 
@@ -378,14 +384,13 @@ def forkserver(jobs: int, watch: Watchdog | None = None) -> Iterator[None]:
                               stderr=log, env=env, text=True, start_new_session=True)
     if watch is not None:
         watch.add(server.pid)
-    ready = server.stdout.readline().strip() == "ready"
     previous = os.environ.get(ENV)
-    if ready:
-        os.environ[ENV] = str(path)
-    else:
-        print(f"asd-repro: the fork server did not start (see {LOGS / 'forkserver.log'}); every stage imports the "
-              "libraries itself", file=sys.stderr, flush=True)
     try:
+        if server.stdout.readline().strip() == "ready":
+            os.environ[ENV] = str(path)
+        else:
+            print(f"asd-repro: the fork server did not start (see {LOGS / 'forkserver.log'}); every stage imports "
+                  "the libraries itself", file=sys.stderr, flush=True)
         yield
     finally:
         if previous is None:
@@ -439,6 +444,21 @@ def preflight(params_file: Path = Path("params.yaml")) -> None:
         gin.clear_config()
 
 
+def _project_root() -> Path:
+    """The DVC project this folder belongs to (one line when there is none: nothing is created)."""
+    from asd_repro.core.errors import UserError
+
+    try:
+        from dvc.repo import Repo
+
+        return Path(Repo.find_root())
+    except Exception as e:  # noqa: BLE001 - DVC's NotDvcRepoError and its relatives
+        if type(e).__module__.split(".")[0] != "dvc":
+            raise
+        raise UserError(f"dvc: {' '.join(str(e).split())}; run `dvc init` first, or run from inside a DVC "
+                        "project") from None
+
+
 def _devices(text: str | None) -> list[str]:
     from asd_repro.core.errors import UserError
 
@@ -478,8 +498,11 @@ def main(argv: list[str]) -> int:
     jobs = args.jobs if args.jobs is not None else (slots.capacity or os.cpu_count() or 1)
     if jobs < 1:
         raise UserError(f"-j {jobs}: run at least one stage at a time")
+    if slots.devices and args.cluster:
+        raise UserError("--gpus and --cluster: a cluster job gets its GPUs from the scheduler; give one of them")
+    os.chdir(_project_root())  # the logs, the lock and the stage names are the project's, from any folder in it
     start = time.perf_counter()
-    with workspace_lock():
+    with workspace_lock() as lock_fd:
         plan_ = _plan(args.targets, args.force)
         if not plan_.needs:
             print("Data and pipelines are up to date.")
@@ -497,17 +520,19 @@ def main(argv: list[str]) -> int:
 
             cluster = Cluster(args.cluster, LOGS / "jobs", args.partition, args.hours_scale)
         previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-        watch = Watchdog()
+        watch = Watchdog(keep_fds=(lock_fd,))
         devices: dict[str, str] = {}
+        clean = False
         try:
             local = not (args.no_forkserver or slots.devices or cluster)
             with forkserver(jobs, watch) if local else contextlib.nullcontext():
                 status, done = run(plan_, jobs, args.force, slots=slots, watch=watch, devices=devices,
                                    cluster=cluster)
+            clean = True
         except Stopped as e:  # a signal between the stages' loop and the fork server's clean-up
-            status, done = 128 + e.signum, {}
+            status, done, clean = 128 + e.signum, {}, True
         finally:
-            watch.close()
+            watch.close(stop_stages=not clean)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     wall = time.perf_counter() - start

@@ -223,3 +223,55 @@ def test_a_training_stage_places_its_model_folder_and_curves_together_or_neither
     assert main([str(a) for a in argv]) == 2
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.json").exists()
     assert "cannot write" in capsys.readouterr().err.rsplit("\r", 1)[-1]
+
+
+def test_a_failed_final_rename_puts_the_previous_output_back(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.pt").write_text("the last good model")
+    real = os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append((Path(src).name, Path(dst).name))
+        if len(calls) == 2:  # the new output into place
+            raise OSError(errno.EIO, "I/O error", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError):
+        with atomic_dir(out) as tmp:
+            (tmp / "model.pt").write_text("the new model")
+    assert (out / "model.pt").read_text() == "the last good model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"], "no scratch or set-aside folder is left"
+
+
+def test_a_clean_label_target_class_without_clean_images_gives_none_but_a_short_class_is_an_error():
+    from conftest import tiny_context
+
+    ctx = tiny_context()
+    ctx.poison[:] = False
+    ctx.poison[(ctx.train_y == 0).cpu().numpy()] = True  # every image of class 0 poisoned (CLB on GTSRB)
+    picks = ctx.clean_indices(2, np.random.default_rng(0), "x")
+    assert len(picks) == 4 and not ctx.poison[picks].any()  # classes 1 and 2 only
+    ctx.poison[:] = False
+    ctx.poison[np.flatnonzero((ctx.train_y == 1).cpu().numpy())[1:]] = True  # class 1 keeps one clean image
+    with pytest.raises(UserError, match="class 1 has only 1 clean"):
+        ctx.clean_indices(2, np.random.default_rng(0), "x")
+
+
+def test_the_type_check_leaves_packed_arguments_to_the_function():
+    import gin
+
+    from asd_repro.core.config import configurable
+
+    @configurable(module="tests_mechanisms")
+    def packed(x: int, *args: int, **kwargs: float) -> tuple:
+        return x, args, kwargs
+
+    try:
+        assert packed(1, 2, 3, y=4.0) == (1, (2, 3), {"y": 4.0})
+        with pytest.raises(UserError, match=r"tests_mechanisms.packed.x = 'a' is invalid"):
+            packed("a")
+    finally:
+        gin.config._REGISTRY.pop("tests_mechanisms.packed")
