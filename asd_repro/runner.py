@@ -185,15 +185,29 @@ def _stop(signum: int, frame: object) -> None:
     raise Stopped(signum)
 
 
-def _lock_entries(path: Path = Path("dvc.lock")) -> dict[str, str]:
-    """Each stage's dvc.lock entry as text: a stage ran when DVC rewrote its entry, and was skipped when not."""
+def _lock_entries(path: Path = Path("dvc.lock"), require: str | None = None, tries: int = 100) -> dict[str, str]:
+    """Each stage's dvc.lock entry as text: a stage ran when DVC rewrote its entry, and was skipped when not.
+
+    DVC rewrites dvc.lock in place while other stages run, so a read can catch it half-written: a read counts only
+    when it parses, holds ``require`` (a stage that just succeeded always has its entry) and is the same 50 ms later.
+    """
     import yaml
 
-    try:
-        stages = (yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {})
-    except (OSError, yaml.YAMLError):
-        return {}
-    return {name: json.dumps(entry, sort_keys=True) for name, entry in (stages.get("stages") or {}).items()}
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    for _ in range(tries):
+        try:
+            text = path.read_text()
+            stages = (yaml.load(text, Loader=loader) or {}).get("stages") or {}
+            time.sleep(0.05)
+            if path.read_text() == text and (require is None or require in stages):
+                return {name: json.dumps(entry, sort_keys=True) for name, entry in stages.items()}
+        except FileNotFoundError:
+            if require is None:
+                return {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            pass
+        time.sleep(0.05)
+    return {}
 
 
 def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | None = None,
@@ -261,7 +275,7 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | No
                 for deps in waiting.values():
                     deps.discard(name)
                 elapsed = time.perf_counter() - start
-                ran = force or _lock_entries().get(name) != before[name]  # DVC rewrites the entry of a stage it ran
+                ran = force or _lock_entries(require=name).get(name) != before[name]  # DVC rewrote its entry
                 print(f"[{len(done)}/{total}] {name} {'done' if ran else 'unchanged, skipped'} in {seconds:.0f} s "
                       f"({elapsed / 60:.1f} min in)", flush=True)
     except BaseException as e:

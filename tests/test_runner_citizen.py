@@ -242,3 +242,53 @@ def test_a_binding_typo_in_params_yaml_stops_the_run_before_any_stage(tmp_path):
     assert out.stderr.startswith("asd-repro: error: params.yaml:bindings.train: bad gin binding")
     assert "gama" in out.stderr and out.stderr.count("\n") == 1
     assert not (root / "dvc.lock").exists() and not (root / "a.txt").exists(), "no stage ran"
+
+
+@pytest.mark.slow
+def test_a_training_stage_of_a_killed_runner_resumes_to_the_same_weights(tmp_path):
+    """kill -9 of `asd-repro repro` while a real training stage runs: the watchdog ends the stage, the next run
+    resumes it from its last checkpoint, and its model.pt is byte-identical to an uninterrupted run's."""
+    from conftest import REPO, badnets_poisoned
+
+    gin = [str(REPO / "params" / f) for f in ("base.gin", "attacks/badnets.gin", "defenses/none.gin",
+                                                "profiles/smoke/common.gin", "profiles/smoke/none.gin")]
+    root = tmp_path / "project"
+    root.mkdir()
+    badnets_poisoned(root, gin)
+    binds = ["defenses.NoDefense.epochs = 40", "defenses.NoDefense.batch_size = 16", "stages.train.device = 'cpu'",
+             "stages.train.eval_every = 40"]
+    train = ("asd-repro train none --clean prepared --poisoned poisoned --out {out} --curves {out}.json "
+             "--checkpoints {ckpt} --seed 3 --gin " + " ".join(gin) + "".join(f' --bind "{b}"' for b in binds))
+    pipeline = {"stages": {"train": {"cmd": train.format(out="run", ckpt="ckpt"), "deps": ["prepared", "poisoned"],
+                                     "outs": ["run", {"run.json": {"cache": False}}]}}}
+    _project(root, pipeline, {})
+    runner = subprocess.Popen(["asd-repro", "repro"], cwd=root, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((root / "ckpt").rglob("last.pt")):
+        assert time.monotonic() < deadline and runner.poll() is None, "no checkpoint before the run ended"
+        time.sleep(0.1)
+    time.sleep(1.0)  # a few epochs in
+    runner.kill()
+    runner.communicate(timeout=60)
+    time.sleep(0.5)
+    assert not (root / "run").exists(), "killed before the end"
+    for _ in range(100):  # the watchdog ends the stage (SIGTERM, then SIGKILL)
+        if not [p for p in Path("/proc").glob("[0-9]*") if _cwd_is(p, root)]:
+            break
+        time.sleep(0.2)
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _cwd_is(p, root)], "no process of the run survives"
+    assert list((root / "ckpt").rglob("last.pt")), "its checkpoint is kept for the resume"
+    again = _run(["asd-repro", "repro"], root)
+    assert again.returncode == 0, again.stdout + again.stderr
+    straight = _run(train.format(out="straight", ckpt="ckpt_straight").replace('"', "").split(" --bind ")[0].split()
+                    + sum((["--bind", b] for b in binds), []), root)
+    assert straight.returncode == 0, straight.stderr
+    assert (root / "run" / "model.pt").read_bytes() == (root / "straight" / "model.pt").read_bytes()
+
+
+def _cwd_is(proc: Path, root: Path) -> bool:
+    try:
+        return Path(os.readlink(proc / "cwd")) == root and int(proc.name) != os.getpid()
+    except OSError:
+        return False
