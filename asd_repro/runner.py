@@ -435,27 +435,17 @@ def _plan(targets: list[str], force: bool) -> Plan:
 
 
 def preflight(params_file: Path = Path("params.yaml")) -> None:
-    """Parse every gin bindings list of ``params.yaml`` against the registered configurables before any stage
-    runs: a typo (an unknown configurable or parameter, a syntax error) stops the run with one line naming its list,
-    instead of failing inside a stage after DVC has already removed that stage's previous outputs."""
+    """Parse every gin bindings list of ``params.yaml`` before any stage runs (``checkbindings.parse_lists``, what
+    the check stage runs too): a typo stops the run with one line naming its list, never inside a stage after DVC
+    has removed that stage's previous outputs."""
     if not params_file.is_file():
         return
-    import gin
-
-    from asd_repro.core import config
+    from asd_repro.checkbindings import parse_lists
     from asd_repro.core.matrix import read_params
-    from asd_repro.plugins import load_all
 
     lists = (read_params(params_file) or {}).get("bindings")
-    if not isinstance(lists, dict):
-        return  # the check stage names the problem
-    load_all()
-    try:
-        for key in lists:
-            source = f"{params_file}:bindings.{key}"
-            config.parse([], config.bindings_from_params(params_file, f"bindings.{key}"), bindings_source=source)
-    finally:
-        gin.clear_config()
+    if isinstance(lists, dict):  # otherwise the check stage names the problem
+        parse_lists(params_file, list(lists))
 
 
 def _project_root() -> Path:

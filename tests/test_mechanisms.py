@@ -275,3 +275,26 @@ def test_the_type_check_leaves_packed_arguments_to_the_function():
             packed("a")
     finally:
         gin.config._REGISTRY.pop("tests_mechanisms.packed")
+
+
+def test_the_check_stage_refuses_a_bindings_typo_or_a_missing_list(tmp_path):
+    from asd_repro.checkbindings import main
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    file = tmp_path / "params.yaml"
+    file.write_text(yaml.safe_dump(base))
+    assert main([str(file)]) == 0
+    typo = {**base, "bindings": {**base["bindings"], "asd": ["defenses.ASD.gama = 0.3"]}}
+    file.write_text(yaml.safe_dump(typo))
+    assert main([str(file)]) == 2
+    missing = {**base, "bindings": {k: v for k, v in base["bindings"].items() if k != "nad"}}
+    file.write_text(yaml.safe_dump(missing))
+    with pytest.raises(UserError, match=r"bindings.nad is missing; dvc.yaml reads it"):
+        from asd_repro.checkbindings import check_bindings
+
+        check_bindings(file)
+
+
+def test_the_check_stage_runs_first_and_depends_on_the_bindings():
+    check = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["check"]
+    assert "bindings" in check["params"] and check["cmd"].startswith("python -m asd_repro.checkbindings params.yaml &&")
