@@ -256,7 +256,7 @@ def test_a_training_stage_of_a_killed_runner_resumes_to_the_same_weights(tmp_pat
     root.mkdir()
     badnets_poisoned(root, gin)
     binds = ["defenses.NoDefense.epochs = 40", "defenses.NoDefense.batch_size = 16", "stages.train.device = 'cpu'",
-             "stages.train.eval_every = 40"]
+             "stages.train.eval_every = 40", "stages.torch_threads.threads = 1"]  # the same sums in both runs
     train = ("asd-repro train none --clean prepared --poisoned poisoned --out {out} --curves {out}.json "
              "--checkpoints {ckpt} --seed 3 --gin " + " ".join(gin) + "".join(f' --bind "{b}"' for b in binds))
     pipeline = {"stages": {"train": {"cmd": train.format(out="run", ckpt="ckpt"), "deps": ["prepared", "poisoned"],
