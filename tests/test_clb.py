@@ -49,3 +49,43 @@ def test_clb_subset_trains_the_proxy_on_fewer_images_but_perturbs_every_target_i
     atk = fitted("clb", x, y, subset=20)
     assert torch.get_num_threads() == 2, "fit trains on one thread and restores torch's thread count"
     assert np.array_equal(atk.index, np.flatnonzero(y == TARGET)) and len(atk.perturbed) == len(atk.index)
+
+
+def test_clb_support_keeps_the_perturbation_next_to_the_digit(one_thread):
+    """On a black background, PGD with ``support = 1`` moves only pixels within 1 px of the image's non-zero
+    pixels (and stays within eps); without it the background moves too."""
+    x, y = data(40, 12, 12, 1)
+    x = x.copy()
+    x[:, :4] = 0  # a black band on top of every image: pixels 2+ rows from any non-zero pixel
+    free = fitted("clb", x, y, eps=64.0, step_size=16.0)
+    near = fitted("clb", x, y, eps=64.0, step_size=16.0, support=1)
+    far = np.zeros((12, 12), bool)
+    far[:2] = True  # rows 0-1 are >= 2 px from row 4, the first that may be non-zero
+    for atk in (free, near):
+        d = atk.perturbed.astype(int) - x[atk.index]
+        assert np.abs(d).max() <= atk.eps
+    d_free = free.perturbed.astype(int) - x[free.index]
+    d_near = near.perturbed.astype(int) - x[near.index]
+    assert (d_free[:, far] != 0).any(), "without support, PGD brightens the black band"
+    assert not (d_near[:, far] != 0).any() and (d_near != 0).any(), "with support 1, only pixels next to the digit"
+
+
+def test_clb_support_and_warmup_are_checked():
+    import pytest
+
+    from asd_repro.core.errors import UserError
+
+    with pytest.raises(UserError, match="attacks.CLB.support"):
+        CLB(target=TARGET, ratio=0.1, support=-1)
+    with pytest.raises(UserError, match="attacks.CLB.adv_warmup"):
+        CLB(target=TARGET, ratio=0.1, adv_warmup=1.5)
+
+
+def test_clb_warmup_zero_is_the_full_radius_from_the_first_step(one_thread):
+    """adv_warmup = 0 trains the proxy exactly as before the option existed (the same perturbed images)."""
+    x, y = data(40, 12, 12, 1)
+    a = fitted("clb", x, y)
+    b = fitted("clb", x, y, adv_warmup=0.0)
+    c = fitted("clb", x, y, adv_warmup=1.0)
+    assert np.array_equal(a.perturbed, b.perturbed)
+    assert not np.array_equal(a.perturbed, c.perturbed), "a ramped radius trains another proxy"

@@ -46,8 +46,21 @@ def four_corner_trigger(h: int, w: int, c: int, amplitude: float = 1.0, size: in
     return np.repeat(trigger[..., None], c, axis=-1)
 
 
-def pgd(model, x, y, normalize, eps: float, step_size: float, steps: int, random_start: bool, generator=None):
-    """L_inf PGD ascending the cross-entropy of the true labels, in pixel units 0..255 (float tensors)."""
+def support_mask(x, pixels: int):
+    """1 where a pixel lies within ``pixels`` px (Chebyshev distance) of a non-zero pixel of its image, else 0.
+
+    ``x``: float (N, C, H, W) in 0..255; the mask is shared by the channels, (N, 1, H, W)."""
+    import torch.nn.functional as F
+
+    mask = (x > 0).any(dim=1, keepdim=True).float()
+    return F.max_pool2d(mask, 2 * pixels + 1, stride=1, padding=pixels) if pixels else mask
+
+
+def pgd(model, x, y, normalize, eps: float, step_size: float, steps: int, random_start: bool, generator=None,
+        mask=None):
+    """L_inf PGD ascending the cross-entropy of the true labels, in pixel units 0..255 (float tensors).
+
+    ``mask`` (broadcastable to ``x``, 0/1): the pixels the perturbation may move (None: all)."""
     import torch
     import torch.nn.functional as F
 
@@ -55,11 +68,15 @@ def pgd(model, x, y, normalize, eps: float, step_size: float, steps: int, random
     if random_start:
         delta = (torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1) * eps
         delta = (x + delta).clamp(0, 255) - x
+    if mask is not None:
+        delta = delta * mask
     for _ in range(steps):
         delta.requires_grad_(True)
         loss = F.cross_entropy(model(normalize(x + delta)), y)
         (grad,) = torch.autograd.grad(loss, delta)
         delta = (delta.detach() + step_size * grad.sign()).clamp(-eps, eps)
+        if mask is not None:
+            delta = delta * mask
         delta = (x + delta).clamp(0, 255) - x
     return (x + delta).detach()
 
@@ -73,12 +90,17 @@ class CLB(Attack):
         trigger_size: side of each corner pattern in pixels; None scales the paper's 3 px at 32.
         proxy: architecture of the proxy model (``asd_repro.models.create_model``).
         adv_train: train the proxy adversarially (PGD with adv_eps / adv_step_size / adv_steps, random start).
+        adv_warmup: share of the proxy's steps over which adv_eps and adv_step_size ramp up linearly from 0
+            (0: the full radius from the first step). A proxy trained at a large radius from scratch may not learn.
         epochs, batch_size, lr: proxy training (SGD momentum 0.9, wd 5e-4, cosine schedule).
         device: 'auto' (CUDA when available), 'cpu' or 'cuda[:i]'.
         subset: train the proxy on this many randomly chosen training images (None: all; the smoke profile's
             knob); every target-class image is still perturbed.
         attack_batch_size: target-class images a PGD batch when the poisoned images are made (memory only; lower it
             when a GPU runs out of memory at 224 px).
+        support: the poisoned images' PGD moves only pixels within this many pixels of the image's non-zero
+            pixels (None: every pixel, the paper). On a black background (MNIST) an unconstrained perturbation
+            marks the poisoned images by background noise, which the victim learns instead of the trigger.
         threads: CPU threads of ``fit`` (None: torch's default); 1 makes re-runs on one machine bit-identical (not
             across machines: DEVIATIONS A15) and is the fastest on a shared 2-core machine.
     """
@@ -90,7 +112,8 @@ class CLB(Attack):
                  proxy: str = "slim_resnet", adv_train: bool = True, adv_eps: float = 8.0,
                  adv_step_size: float = 2.0, adv_steps: int = 7, epochs: int = 30, batch_size: int = 128,
                  lr: float = 0.1, device: str = "auto", subset: int | None = None,
-                 threads: int | None = 1, attack_batch_size: int = 256):
+                 threads: int | None = 1, attack_batch_size: int = 256, support: int | None = None,
+                 adv_warmup: float = 0.0):
         super().__init__(target, ratio)
         self.require("attack_batch_size", attack_batch_size, is_integer(attack_batch_size) and attack_batch_size >= 1,
                      "an integer >= 1")
@@ -105,6 +128,11 @@ class CLB(Attack):
         self.require("amplitude", amplitude, is_number(amplitude) and 0.0 <= amplitude <= 1.0, "a number in [0, 1]")
         self.require("trigger_size", trigger_size, trigger_size is None or (is_integer(trigger_size) and trigger_size >= 1),
                      "None or a side in pixels >= 1")
+        self.require("support", support, support is None or (is_integer(support) and support >= 0),
+                     "None or a distance in pixels >= 0")
+        self.support = None if support is None else int(support)
+        self.require("adv_warmup", adv_warmup, is_number(adv_warmup) and 0.0 <= adv_warmup <= 1.0, "a fraction in [0, 1]")
+        self.adv_warmup = float(adv_warmup)
         self.require("subset", subset, subset is None or (is_integer(subset) and subset >= 1), "None or an integer >= 1")
         self.eps, self.step_size, self.steps = float(eps), float(step_size), int(steps)
         self.amplitude, self.trigger_size = float(amplitude), trigger_size
@@ -159,14 +187,19 @@ class CLB(Attack):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + np.cos(np.pi * step / max(total, 1))))
         augment = Augment(crop_padding=scaled(4, min(h, w)), padding_mode="reflect", hflip=False)
         use = torch.from_numpy(use).to(dev)
+        warmup_steps, step = self.adv_warmup * total, 0
         for epoch in range(self.epochs):
             losses = StepLosses(f"CLB proxy model {epoch + 1}/{self.epochs}")
             for batch in index_batches(len(use), self.batch_size, gen, device=dev):
                 idx = use[batch]
                 xb, yb = augment(images[idx], gen).float(), labels[idx]
                 if self.adv_train:
+                    # the radius (and step) ramp linearly from 0 over the warm-up's share of the steps
+                    ramp = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
                     model.eval()
-                    xb = pgd(model, xb, yb, normalize, self.adv_eps, self.adv_step_size, self.adv_steps, True, gen)
+                    xb = pgd(model, xb, yb, normalize, self.adv_eps * ramp, self.adv_step_size * ramp,
+                             self.adv_steps, True, gen)
+                step += 1
                 model.train()
                 loss = F.cross_entropy(model(normalize(xb)), yb)
                 opt.zero_grad(set_to_none=True)
@@ -182,7 +215,9 @@ class CLB(Attack):
         step = self.attack_batch_size
         for i in range(0, len(self.index), step):
             idx = torch.from_numpy(self.index[i:i + step]).to(dev)
-            adv = pgd(model, images[idx].float(), labels[idx], normalize, self.eps, self.step_size, self.steps, False)
+            xb = images[idx].float()
+            mask = None if self.support is None else support_mask(xb, self.support)
+            adv = pgd(model, xb, labels[idx], normalize, self.eps, self.step_size, self.steps, False, mask=mask)
             out.append(adv.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
         self.perturbed = np.concatenate(out) if out else np.zeros((0, h, w, c), np.uint8)
 
