@@ -210,6 +210,15 @@ def _lock_entries(path: Path = Path("dvc.lock"), require: str | None = None, tri
     return {}
 
 
+def links_cache(dvc: str = "dvc") -> bool:
+    """Whether the project's ``cache.type`` lists a link type: then a stage's outputs can share the cache's copy.
+
+    ``dvc repro`` copies a stage's new outputs into the cache and leaves the workspace's copies as they are, so every
+    output sits on the disk twice until ``dvc checkout --relink`` (the paper table's poisoned sets: ~40 GB more)."""
+    out = subprocess.run([dvc, "config", "cache.type"], capture_output=True, text=True)
+    return out.returncode == 0 and bool({t.strip() for t in out.stdout.split(",")} & {"reflink", "hardlink", "symlink"})
+
+
 def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | None = None,
         watch: "Watchdog | None" = None, devices: dict[str, str] | None = None,
         cluster: "Cluster | None" = None) -> tuple[int, dict[str, float]]:
@@ -225,6 +234,7 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | No
     failed: tuple[str, int] | None = None
     total, start = len(waiting), time.perf_counter()
     before: dict[str, str | None] = {}  # each stage's dvc.lock entry when it started
+    relink = links_cache(dvc)
     try:
         while waiting or running:
             if failed is None:
@@ -276,6 +286,12 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | No
                     deps.discard(name)
                 elapsed = time.perf_counter() - start
                 ran = force or _lock_entries(require=name).get(name) != before[name]  # DVC rewrote its entry
+                if ran and relink:  # one copy of the stage's outputs on the disk, shared with the cache
+                    linked = subprocess.run([dvc, "--wait-for-lock", "checkout", "--relink", "-q", name],
+                                            capture_output=True, text=True, env=env)
+                    if linked.returncode != 0:
+                        print(f"asd-repro: warning: dvc checkout --relink {name} failed, its outputs stay copied: "
+                              f"{' '.join(linked.stderr.split())[:200]}", file=sys.stderr, flush=True)
                 print(f"[{len(done)}/{total}] {name} {'done' if ran else 'unchanged, skipped'} in {seconds:.0f} s "
                       f"({elapsed / 60:.1f} min in)", flush=True)
     except BaseException as e:

@@ -49,3 +49,18 @@ def test_iab_mask_density_reaches_its_target_after_the_mask_phase():
         with torch.no_grad():
             density = _threshold(atk.m(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).float() / 255)).mean().item()
     assert density <= 1.5 * atk.mask_density, f"mask density {density:.3f} after the mask phase"
+
+
+def test_the_chunked_channel_statistics_equal_the_whole_set_ones():
+    """On an accelerator CLB and IAB normalise with statistics summed in chunks (no float copy of the whole set)."""
+    import torch
+
+    from asd_repro.attacks import channel_stats, chunked_channel_stats
+
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (50, 3, 9, 7), dtype=np.uint8))
+    mean, std = channel_stats(images)
+    for chunk in (1, 7, 50, 64):
+        m, s = chunked_channel_stats(images, chunk)
+        assert m.shape == s.shape == (1, 3, 1, 1) and m.dtype == s.dtype == torch.float32
+        torch.testing.assert_close(m, mean, rtol=1e-6, atol=1e-4)
+        torch.testing.assert_close(s, std, rtol=1e-6, atol=1e-4)

@@ -2,9 +2,7 @@
 
 import numpy as np
 
-from asd_repro.attacks.iab import IAB
-
-from attacksmoke import TARGET, data, fitted_once
+from attacksmoke import TARGET, fitted_once
 
 
 def test_iab_triggers_differ_across_inputs(one_thread):
@@ -47,25 +45,3 @@ def test_iab_milestones_never_drop_the_rate_before_the_first_epoch():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
     torch.optim.lr_scheduler.MultiStepLR(opt, milestone_epochs((0.4, 0.8), 1), 0.1)
     assert opt.param_groups[0]["lr"] == 0.01, "the only epoch of the phase runs at the full rate"
-
-
-def test_iab_mask_phase_brings_the_mask_density_to_its_target(one_thread):
-    """On a fixed input the untrained mask network covers ~19% of the pixels; one mask epoch of the density loss
-    (lambda_norm * mean(relu(m - mask_density))) brings the mean mask to at most its target (0.032)."""
-    import torch
-
-    from asd_repro.attacks.iab import _threshold
-
-    x, y = data(64, 12, 12, 1)
-    images = torch.from_numpy(x.transpose(0, 3, 1, 2)).float() / 255
-
-    def density(mask_epochs):
-        atk = IAB(target=TARGET, ratio=0.2, mask_epochs=mask_epochs, epochs=1, batch_size=16,
-                  classifier="slim_resnet", device="cpu")
-        atk.fit(x, y, np.random.default_rng(0))
-        with torch.no_grad():
-            return _threshold(atk.m(images)).mean().item()
-
-    before, after = density(0), density(1)
-    assert before > 0.1, before
-    assert after <= 0.032, f"mask mean {after:.4f} after the mask phase, target 0.032"

@@ -142,3 +142,22 @@ def test_a_stage_run_by_the_fork_server_writes_the_same_bytes_and_status(tmp_pat
         "asd-repro: error: defenses.NoDefense.epochs = 'ten' is invalid: expected an integer; fix the binding "
         "(its gin file, a bindings list in params.yaml or --bind)"]
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_with_a_link_cache_type_each_stage_output_shares_the_cache_copy(project):
+    """`dvc repro` leaves a new output copied beside the cache's copy; with cache.type listing hardlink the runner
+    relinks every stage that ran, so the disk holds each output once."""
+    assert _run(["dvc", "config", "cache.type", "hardlink,copy"], project).returncode == 0
+    run = _run(["asd-repro", "repro", "-j", "2"], project)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for name in "abcd":
+        assert os.stat(project / f"{name}.txt").st_nlink == 2, f"{name}.txt is linked to the cache"
+    assert _run(["dvc", "status", "-q"], project).returncode == 0
+
+
+@pytest.mark.slow
+def test_with_the_default_cache_type_outputs_stay_copies(project):
+    run = _run(["asd-repro", "repro", "-j", "2"], project)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert os.stat(project / "d.txt").st_nlink == 1

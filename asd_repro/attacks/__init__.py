@@ -102,3 +102,31 @@ def to_channels(rgb: np.ndarray, channels: int) -> np.ndarray:
         luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
         return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
     return np.repeat(rgb[..., :1], channels, axis=-1)
+
+
+def channel_stats(images):
+    """Per-channel mean and standard deviation (unbiased) of uint8 NCHW ``images``, float32 (1, C, 1, 1) tensors.
+
+    On the CPU from one float copy of the images; on an accelerator in chunks (``chunked_channel_stats``), because a
+    float copy of a 224 px training set (22 GiB for ImageNet-30) does not fit a card beside the set."""
+    if images.device.type != "cpu":
+        return chunked_channel_stats(images)
+    values = images.float()
+    return values.mean(dim=(0, 2, 3), keepdim=True), values.std(dim=(0, 2, 3), keepdim=True)
+
+
+def chunked_channel_stats(images, chunk: int = 1024):
+    """``channel_stats`` from float64 sums over ``chunk`` images at a time (equal up to float32 rounding)."""
+    import torch
+
+    total = torch.zeros(images.shape[1], dtype=torch.float64, device=images.device)
+    squares = torch.zeros_like(total)
+    for i in range(0, len(images), chunk):
+        part = images[i:i + chunk].double()
+        total += part.sum(dim=(0, 2, 3))
+        squares += part.square().sum(dim=(0, 2, 3))
+    count = images.numel() // images.shape[1]
+    mean = total / count
+    var = (squares - count * mean.square()) / max(count - 1, 1)
+    shape = (1, -1, 1, 1)
+    return mean.float().view(shape), var.clamp_min(0).sqrt().float().view(shape)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import gin
 import numpy as np
 
-from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_number, register_attack, scaled
+from asd_repro.attacks import Attack, PoisonedTrain, channel_stats, is_integer, is_number, register_attack, scaled
 from asd_repro.core.config import configurable
 from asd_repro.core.errors import StepLosses, UserError
 from asd_repro.engine.device import cpu_threads
@@ -175,8 +175,7 @@ class CLB(Attack):
         dev = resolve_device(self.device, "attacks.CLB.device")
         images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
         labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
-        mean = images.float().mean(dim=(0, 2, 3), keepdim=True)
-        std = images.float().std(dim=(0, 2, 3), keepdim=True)
+        mean, std = channel_stats(images)
 
         def normalize(v):
             return (v - mean) / std

@@ -18,7 +18,7 @@ from __future__ import annotations
 import gin
 import numpy as np
 
-from asd_repro.attacks import Attack, PoisonedTrain, is_integer, is_number, register_attack, scaled
+from asd_repro.attacks import Attack, PoisonedTrain, channel_stats, is_integer, is_number, register_attack, scaled
 from asd_repro.core.config import configurable
 from asd_repro.core.errors import StepLosses
 from asd_repro.engine.device import cpu_threads
@@ -281,8 +281,8 @@ class IAB(Attack):
         g, m = self.g.to(dev), self.m.to(dev)
         images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
         labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
-        mean = images.float().mean(dim=(0, 2, 3), keepdim=True) / 255
-        std = images.float().std(dim=(0, 2, 3), keepdim=True) / 255
+        mean, std = channel_stats(images)
+        mean, std = mean / 255, std / 255
         augment = Augment(crop_padding=scaled(4, min(h, w)), padding_mode="reflect", hflip=False)
         batch = min(self.batch_size, n)
 
