@@ -19,9 +19,9 @@ tiny sets hold a batch. It then reports:
   (``docs/pipeline.md``). Three seeds are projected as three times one (the prepared sets are shared, so a bit
   less).
 
-Exit status 0 when every stage ran and every cell has metrics, 1 otherwise. Takes about 30-60 minutes on 2 CPU
-cores for the 108 cells (``--datasets cifar10`` alone: a few minutes); the work folder is removed unless
-``--work`` names one.
+Exit status 0 when every stage ran and every cell has metrics, 1 otherwise. The 108 cells take about 40 minutes on
+2 CPU cores (``docs/speed.md``; ``--datasets cifar10`` alone about 7); the work folder is removed unless ``--work``
+names one.
 """
 
 from __future__ import annotations
