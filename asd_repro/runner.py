@@ -39,6 +39,9 @@ from typing import TYPE_CHECKING, Iterator
 if TYPE_CHECKING:
     from asd_repro.cluster import Cluster
 
+# seconds a stage has to end after SIGINT (Ctrl-C, SIGTERM to the runner) before the runner sends it SIGTERM
+STOP_GRACE = float(os.environ.get("ASD_REPRO_STOP_GRACE", "20"))
+
 LOGS = Path(".dvc/tmp/asd-repro")
 
 # Rough relative cost of a stage of each family (mini profile, seconds on the sizing machine): only the order in
@@ -301,6 +304,8 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | No
                 continue
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGINT)
+        if cluster is None:
+            _stop_groups([proc for proc, _, _ in running.values()])
         for proc, _, _ in running.values():
             proc.wait()
         if not isinstance(e, (KeyboardInterrupt, Stopped)):
@@ -315,6 +320,26 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | No
               "stages are kept", file=sys.stderr)
         return 1, done
     return 0, done
+
+
+def _stop_groups(procs: list[subprocess.Popen], grace: float = STOP_GRACE) -> None:
+    """Wait up to ``grace`` seconds for stages sent SIGINT to end (a training stage checkpoints first); a stage whose
+    process group is still there then gets SIGTERM, and SIGKILL after another few seconds, so a stop never waits on
+    a stage that ignores SIGINT."""
+    def alive(proc: subprocess.Popen) -> bool:  # the leader (reaped by poll) or any other process of its group
+        return proc.poll() is None or _group_alive(proc.pid)
+
+    deadline = time.monotonic() + grace
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0), (None, 0.0)):
+        while time.monotonic() < deadline and any(alive(p) for p in procs):
+            time.sleep(0.1)
+        alive_now = [p for p in procs if alive(p)]
+        if sig is None or not alive_now:
+            return
+        for proc in alive_now:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + wait
 
 
 class Watchdog:

@@ -129,6 +129,22 @@ def test_sigterm_stops_like_ctrl_c_and_the_next_run_finishes(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_stage_that_ignores_sigint_is_stopped_after_the_grace_period(tmp_path):
+    deaf = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n" + LONG
+    root = _project(tmp_path, LONG_PIPELINE, {"long.py": deaf})
+    runner = subprocess.Popen(["asd-repro", "repro", "--no-forkserver"], cwd=root, env=_env(ASD_REPRO_STOP_GRACE="2"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(root / "pid.txt")
+    stage = int((root / "pid.txt").read_text())
+    began = time.monotonic()
+    runner.send_signal(signal.SIGTERM)
+    out, err = runner.communicate(timeout=40)
+    assert runner.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, out + err
+    assert time.monotonic() - began < 20, "stopped after the 2 s grace, not when the stage ended by itself"
+    assert not _alive(stage) and not (root / "done.txt").exists()
+
+
+@pytest.mark.slow
 def test_no_stage_outlives_a_killed_runner_and_the_next_run_finishes(tmp_path):
     root = _project(tmp_path, LONG_PIPELINE, {"long.py": LONG})
     runner = subprocess.Popen(["asd-repro", "repro"], cwd=root, env=_env(), stdout=subprocess.PIPE,
