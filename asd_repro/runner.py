@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:
     from asd_repro.cluster import Cluster
@@ -322,24 +322,31 @@ def run(plan_: Plan, jobs: int, force: bool, dvc: str = "dvc", slots: Slots | No
     return 0, done
 
 
+def _escalate(groups: list[int], alive: Callable[[int], bool], steps: tuple[tuple[int | None, float], ...]) -> None:
+    """For each (signal, seconds) step: send the signal (None: none) to the process groups still alive, then wait up
+    to the seconds for all of them to end."""
+    for sig, seconds in steps:
+        left = [g for g in groups if alive(g)]
+        if not left:
+            return
+        for group in left if sig is not None else ():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and any(alive(g) for g in groups):
+            time.sleep(0.1)
+
+
 def _stop_groups(procs: list[subprocess.Popen], grace: float = STOP_GRACE) -> None:
     """Wait up to ``grace`` seconds for stages sent SIGINT to end (a training stage checkpoints first); a stage whose
     process group is still there then gets SIGTERM, and SIGKILL after another few seconds, so a stop never waits on
     a stage that ignores SIGINT."""
-    def alive(proc: subprocess.Popen) -> bool:  # the leader (reaped by poll) or any other process of its group
-        return proc.poll() is None or _group_alive(proc.pid)
+    leaders = {proc.pid: proc for proc in procs}
 
-    deadline = time.monotonic() + grace
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0), (None, 0.0)):
-        while time.monotonic() < deadline and any(alive(p) for p in procs):
-            time.sleep(0.1)
-        alive_now = [p for p in procs if alive(p)]
-        if sig is None or not alive_now:
-            return
-        for proc in alive_now:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-        deadline = time.monotonic() + wait
+    def alive(group: int) -> bool:  # the leader (poll reaps it) or any other process of its group
+        return leaders[group].poll() is None or _group_alive(group)
+
+    _escalate(list(leaders), alive, ((None, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)))
 
 
 class Watchdog:
@@ -382,13 +389,7 @@ def watch(grace: float = 10.0) -> None:
         if command == "exit":
             return
         (groups.add if command == "add" else groups.discard)(int(arg))
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for group in groups:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(group, sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
-            time.sleep(0.2)
+    _escalate(sorted(groups), _group_alive, ((signal.SIGTERM, grace), (signal.SIGKILL, grace)))
 
 
 def _group_alive(pgid: int) -> bool:
