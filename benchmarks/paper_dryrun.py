@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO / "tests"))
 DATASETS = ("cifar10", "gtsrb", "imagenet30")
 ATTACKS = ("badnets", "blend", "wanet", "iab", "refool", "clb")
 DEFENSES = {"scratch": ["none", "abl", "asd"], "repair": ["fp", "nad"], "selfsup": ["dbd"]}
-COPY = ("asd_repro", "params", "reference", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore")
+COLUMNS = [d for group in DEFENSES.values() for d in group]
 
 # The real datasets' image counts (train, test): the disk projection scales the tiny run's arrays to these.
 REAL = {"cifar10": (50_000, 10_000), "gtsrb": (39_209, 12_630), "imagenet30": (39_000, 3_000)}
@@ -96,11 +96,9 @@ def write_raw(raw: Path, datasets: list[str]) -> None:
 
 
 def make_project(work: Path, datasets: list[str], attacks: list[str], seed: int, cache_type: str) -> None:
-    work.mkdir(parents=True)
-    for name in COPY:
-        src = REPO / name
-        (shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
-         else shutil.copy(src, work / name))
+    from test_pipeline import copy_repo  # the files a pipeline run needs, as the pipeline tests copy them
+
+    copy_repo(work)
     write_raw(work / "data" / "raw", datasets)
     params = yaml.safe_load((work / "params.yaml").read_text())
     params.update(profile="paper", seeds=[seed], datasets=datasets, attacks=attacks, defenses=DEFENSES,
@@ -132,7 +130,7 @@ def cell_status(work: Path, datasets: list[str], attacks: list[str], seed: int) 
     out = {}
     for dataset in datasets:
         for attack in attacks:
-            for defense in (d for group in DEFENSES.values() for d in group):
+            for defense in COLUMNS:
                 path = work / "metrics" / "paper" / dataset / attack / f"{defense}.json"
                 if path.is_file():
                     s = json.loads(path.read_text())["seeds"][str(seed)]
@@ -210,11 +208,10 @@ def main() -> int:
         disk = project_disk(work, args.datasets) if rc == 0 else {}
         table = (work / "results" / "paper" / "table.md").is_file()
 
-        names = [d for group in DEFENSES.values() for d in group]
-        print(f"\n{'dataset':11s} {'attack':8s} " + " ".join(f"{d:>10s}" for d in names))
+        print(f"\n{'dataset':11s} {'attack':8s} " + " ".join(f"{d:>10s}" for d in COLUMNS))
         for dataset in args.datasets:
             for attack in args.attacks:
-                row = [cells[dataset, attack, d] for d in names]
+                row = [cells[dataset, attack, d] for d in COLUMNS]
                 print(f"{dataset:11s} {attack:8s} " + " ".join(f"{c:>10s}" for c in row))
         ok = sum(v.startswith("ok") for v in cells.values())
         print(f"\ncells with metrics: {ok} of {len(cells)}; table stage {'wrote' if table else 'did not write'} "
