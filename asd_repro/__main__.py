@@ -14,7 +14,7 @@ def _preload() -> None:
 
     from asd_repro import stages  # noqa: F401
     from asd_repro.core import config  # noqa: F401
-    from asd_repro.plugins import load_all
+    from asd_repro.cli.plugins import load_all
 
     load_all()
 

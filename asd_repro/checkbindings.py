@@ -40,7 +40,7 @@ def parse_lists(params_file: Path, keys: list[str]) -> None:
     import gin
 
     from asd_repro.core import config
-    from asd_repro.plugins import load_all
+    from asd_repro.cli.plugins import load_all
 
     load_all()
     try:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-LOAD = "import asd_repro.stages; from asd_repro.plugins import load_all; load_all()"
+LOAD = "import asd_repro.stages; from asd_repro.cli.plugins import load_all; load_all()"
 TRAIN = LOAD + "; from asd_repro.models import create_model; create_model(10, 1, 28, arch='slim_resnet', stem='cifar')"
 ROWS = [
     ("python (nothing imported)", "pass"),

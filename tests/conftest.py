@@ -38,12 +38,17 @@ def repo_cwd(monkeypatch):
 
 def configure(files: list[str], bindings: list[str] = ()) -> str:
     from asd_repro.core import config
-    from asd_repro.plugins import load_all
+    from asd_repro.cli.plugins import load_all
 
     load_all()
     files = [str(REPO / f) for f in files]
     config.parse(files, list(bindings))
     return config.asked_config(files, bindings)
+
+
+def settings(obj, names) -> dict:
+    """``obj``'s attributes ``names``, a collaborator (``engine.Optimizer``, ``SCE``, ``MixMatch``) as its settings."""
+    return {k: getattr(getattr(obj, k), "settings", getattr(obj, k)) for k in names}
 
 
 def defense_from(name: str, *files: str):
@@ -52,7 +57,7 @@ def defense_from(name: str, *files: str):
 
     from asd_repro.core import config
     from asd_repro.defenses import DEFENSES
-    from asd_repro.plugins import load_all
+    from asd_repro.cli.plugins import load_all
 
     load_all()
     config.parse([str(REPO / "params" / f) for f in files], ["SEED = 100"])

@@ -16,6 +16,7 @@ from asd_repro import stages
 from asd_repro.defenses import Interrupted
 from asd_repro.defenses.abl import ABL, isolate, lga_loss, negated_ce
 from asd_repro.engine.loop import predict_logits
+from asd_repro.engine.optim import given
 from asd_repro.core.errors import UserError
 
 from conftest import configure, defense_from, tiny_context, tiny_model, tiny_prepared
@@ -26,8 +27,12 @@ PARAMS = ROOT / "params"
 # The paper's CIFAR-10 values (Sec. 4, Appendix A) and the authors' code's, as ABL's attributes hold them.
 PAPER = {
     "isolation_epochs": 20, "gamma": 0.5, "isolation_ratio": 0.01, "finetune_epochs": 60, "unlearning_epochs": 20,
-    "batch_size": 64, "lr": 0.1, "finetune_lr": 0.1, "unlearning_lr": 0.0005, "finetune_decay": 0.1,
-    "sgd": {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4},
+    "batch_size": 64,
+    "optimizers": {phase: {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": True,
+                           "schedule": schedule, "milestones": milestones, "drop_epochs": None, "gamma": 0.1}
+                   for phase, lr, schedule, milestones in (("isolation", 0.1, "constant", (0.5, 0.75)),
+                                                           ("finetune", 0.1, "multistep", (0.6667,)),
+                                                           ("unlearning", 0.0005, "constant", (0.5, 0.75)))},
     "augment": {"isolation": False, "finetune": True, "unlearning": False},
 }
 
@@ -85,7 +90,7 @@ def test_isolation_takes_the_int_ratio_n_lowest_losses():
 
 
 @pytest.mark.parametrize("binding", [{"isolation_ratio": 0.0}, {"isolation_ratio": 1.0}, {"isolation_epochs": 0},
-                                     {"gamma": -0.1}, {"unlearning_lr": 0.0}, {"finetune_epochs": -1}])
+                                     {"gamma": -0.1}, {"finetune_epochs": -1}])
 def test_bad_bindings_are_user_errors_naming_the_configurable(binding):
     with pytest.raises(UserError, match=r"defenses\.ABL: .*fix the binding"):
         ABL(**binding)
@@ -102,9 +107,10 @@ def tiny_abl(**overrides) -> ABL:
 
 def test_unlearning_raises_the_loss_on_the_isolated_samples():
     ctx = tiny_context()
-    defense = tiny_abl(unlearning_lr=0.01)
+    defense = tiny_abl(finetune_optimizer=given("sgd", 0.05, weight_decay=1e-4, nesterov=True),
+                       unlearning_optimizer=given("sgd", 0.01, weight_decay=1e-4, nesterov=True))
     model = tiny_model()
-    defense.train_phase(ctx, "finetune", model, 0.05, "constant", 3, 0, None, F.cross_entropy, {})
+    defense.train_phase(ctx, "finetune", model, 3, 0, None, F.cross_entropy, {})
     isolated = np.flatnonzero(ctx.poison)
 
     def isolated_loss():
@@ -113,7 +119,7 @@ def test_unlearning_raises_the_loss_on_the_isolated_samples():
 
     before = isolated_loss()
     kept = {name: p.clone() for name, p in model.named_parameters()}
-    defense.train_phase(ctx, "unlearning", model, 0.01, "constant", 3, 3, isolated, negated_ce, {})
+    defense.train_phase(ctx, "unlearning", model, 3, 3, isolated, negated_ce, {})
     assert isolated_loss() > before
     assert any(not torch.equal(p, kept[name]) for name, p in model.named_parameters())
     assert [r["phase"] for r in ctx.curves] == ["finetune"] * 3 + ["unlearning"] * 3
@@ -158,10 +164,12 @@ def test_a_ratio_that_isolates_nothing_is_a_user_error():
 def test_paper_profile_runs_the_paper_values():
     defense = defense_from("abl", "base.gin", "datasets/cifar10.gin", "defenses/abl.gin", "profiles/paper/common.gin",
                            "profiles/paper/abl.gin")
-    assert {k: getattr(defense, k) for k in PAPER} == PAPER
+    got = {k: getattr(defense, k) for k in PAPER}
+    got["optimizers"] = {phase: o.settings for phase, o in got["optimizers"].items()}
+    assert got == PAPER
     assert defense.total_epochs == 100
     # the reference decays the fine-tuning lr at epoch 40 of 60
-    assert round(defense.finetune_milestones[0] * defense.finetune_epochs) == 40
+    assert round(defense.optimizers["finetune"].milestones[0] * defense.finetune_epochs) == 40
 
 
 @pytest.mark.parametrize("profile", ["mini", "smoke"])
@@ -169,7 +177,7 @@ def test_small_profiles_run_every_phase(profile):
     d = defense_from("abl", "base.gin", "datasets/mnist5k.gin", "defenses/abl.gin", f"profiles/{profile}/common.gin",
                      f"profiles/{profile}/abl.gin")
     assert d.isolation_epochs >= 1 and d.finetune_epochs >= 1 and d.unlearning_epochs >= 1
-    assert d.gamma == 0.5 and d.isolation_ratio == 0.01 and d.unlearning_lr == 0.0005
+    assert d.gamma == 0.5 and d.isolation_ratio == 0.01 and d.optimizers["unlearning"].lr == 0.0005
 
 
 # --- end to end through the train stage: exact resume from every phase ---------------------------------------------

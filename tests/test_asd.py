@@ -13,9 +13,11 @@ import torch
 from asd_repro.defenses import Interrupted, asd
 from asd_repro.defenses.asd import ASD, class_aware_split, stage1_k, train_virtual_model
 from asd_repro.engine.augment import Augment, Normalize
+from asd_repro.engine.mixmatch import MixMatch
+from asd_repro.engine.optim import given
 from asd_repro.engine.split import lowest_fraction
 
-from conftest import defense_from, tiny_context, tiny_data, tiny_model
+from conftest import defense_from, settings, tiny_context, tiny_data, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params"
@@ -23,8 +25,12 @@ PARAMS = ROOT / "params"
 # The reference code's values (KuofengGao/ASD, config/baseline_asd.yaml), as ASD's attributes hold them.
 REFERENCE = {
     "epochs": 120, "stage2_epoch": 60, "stage3_epoch": 90, "seeds_per_class": 10, "n": 10, "t": 5,
-    "alpha": 0.5, "gamma": 0.5, "beta": 0.015, "virtual_epochs": 1, "virtual_layers": ("layer3", "layer4", "fc"),
-    "virtual_batch_size": 128, "optimizer": "adam", "lr": 0.002, "weight_decay": 0.0, "schedule": "constant",
+    "alpha": 0.5, "gamma": 0.5, "virtual_epochs": 1, "virtual_layers": ("layer3", "layer4", "fc"),
+    "virtual_batch_size": 128,
+    "virtual_optimizer": {"name": "adam", "lr": 0.015, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False,
+                          "schedule": "constant", "milestones": (0.5, 0.75), "drop_epochs": None, "gamma": 0.1},
+    "optimizer": {"name": "adam", "lr": 0.002, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False,
+                  "schedule": "constant", "milestones": (0.5, 0.75), "drop_epochs": None, "gamma": 0.1},
     "sce": {"ce_weight": 0.1, "rce_weight": 1.0, "prob_min": 1e-7, "onehot_min": 1e-4},
     "mixmatch": {"iterations": 1024, "batch_size": 64, "K": 2, "T": 0.5, "alpha": 0.75, "lambda_u": 15.0,
                  "rampup": 120},
@@ -61,7 +67,7 @@ def test_virtual_model_trains_only_the_chosen_layers_and_leaves_the_model_untouc
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, y, _ = tiny_data()
-    virtual = train_virtual_model(model, x, y, ("layer3", "layer4", "fc"), lr=0.015, epochs=1, batch_size=16,
+    virtual = train_virtual_model(model, x, y, ("layer3", "layer4", "fc"), given("adam", 0.015), epochs=1, batch_size=16,
                                   augment=Augment(1, "reflect", True), normalize=Normalize((0.2,), (0.3,), "cpu"),
                                   generator=torch.Generator().manual_seed(0))
     for k, v in model.state_dict().items():
@@ -91,7 +97,7 @@ def test_meta_split_keeps_the_gamma_fraction_with_the_smallest_loss_reduction(mo
 def test_paper_profile_runs_the_reference_values():
     defense = defense_from("asd", "base.gin", "datasets/cifar10.gin", "defenses/asd.gin", "profiles/paper/common.gin",
                            "profiles/paper/asd.gin")
-    assert {k: getattr(defense, k) for k in REFERENCE} == REFERENCE
+    assert settings(defense, REFERENCE) == REFERENCE
 
 
 @pytest.mark.parametrize("profile", ["mini", "smoke"])
@@ -99,15 +105,15 @@ def test_small_profiles_run_every_stage(profile):
     d = defense_from("asd", "base.gin", "datasets/mnist5k.gin", "defenses/asd.gin", f"profiles/{profile}/common.gin",
                      f"profiles/{profile}/asd.gin")
     assert 0 < d.stage2_epoch < d.stage3_epoch < d.epochs
-    assert d.mixmatch["rampup"] == d.epochs  # the reference ramps lambda_u over the whole run
+    assert d.mixmatch.settings["rampup"] == d.epochs  # the reference ramps lambda_u over the whole run
 
 
 # --- the defense end to end: records, seeds, exact resume ----------------------------------------------------------
 
 
 def tiny_asd() -> ASD:
-    return ASD(epochs=4, stage2_epoch=2, stage3_epoch=3, seeds_per_class=2, n=3, t=1, iterations=3, batch_size=4,
-               virtual_batch_size=16, rampup=4, loss_batch_size=16)
+    return ASD(epochs=4, stage2_epoch=2, stage3_epoch=3, seeds_per_class=2, n=3, t=1, virtual_batch_size=16,
+               mixmatch=MixMatch(iterations=3, batch_size=4, rampup=4), loss_batch_size=16)
 
 
 def test_asd_records_every_stage_and_the_seed_samples():
@@ -146,5 +152,5 @@ def test_a_pool_smaller_than_a_batch_is_one_line():
     from asd_repro.core.errors import UserError
 
     with pytest.raises(UserError, match=r"a pool of 3 samples cannot fill one MixMatch batch of 4 .*lower the "
-                                        r"defense's batch_size binding \(defenses.ASD.batch_size"):
+                                        r"defense's MixMatch batch size \(asd/engine.MixMatch.batch_size"):
         next(endless_batches(torch.arange(3), 4, torch.Generator().manual_seed(0), "cpu"))

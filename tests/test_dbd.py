@@ -19,25 +19,30 @@ from asd_repro.defenses.dbd import (DBD, frozen_features, simclr_pretrain, train
                                     train_linear_head_cached)
 from asd_repro.engine.simclr import SimCLRAugment, features, head_parameter_names
 from asd_repro.engine.augment import Augment, Normalize
+from asd_repro.engine.losses import SCE
+from asd_repro.engine.optim import Optimizer, given
 from asd_repro.engine.checkpoint import Checkpointer
 from asd_repro.core.errors import UserError
 from asd_repro.models import create_model
-from asd_repro.plugins import load_all
+from asd_repro.cli.plugins import load_all
 
-from conftest import badnets_poisoned, configure, tiny_data, tiny_model
+from conftest import badnets_poisoned, configure, settings, tiny_data, tiny_model
 
 PARAMS = Path(__file__).resolve().parents[1] / "params"
 
 # The reference code's values (SCLBD/DBD, config/defense/{simclr,mixmatch_finetune}/badnets/cifar10_resnet18).
 REFERENCE_DBD = {
     "linear_epochs": 10, "linear_batch_size": 128, "linear_cached": False, "epsilon": 0.5,
-    "epochs": 190, "optimizer": "adam", "lr": 0.002, "weight_decay": 0.0,
+    "epochs": 190,
+    "optimizer": {"name": "adam", "lr": 0.002, "momentum": 0.9, "weight_decay": 0.0, "nesterov": False,
+                  "schedule": "constant", "milestones": (0.5, 0.75), "drop_epochs": None, "gamma": 0.1},
     "sce": {"ce_weight": 0.1, "rce_weight": 1.0, "prob_min": 1e-7, "onehot_min": 1e-4},
     "mixmatch": {"iterations": 1024, "batch_size": 64, "K": 2, "T": 0.5, "alpha": 0.75, "lambda_u": 15.0,
                  "rampup": 190},
 }
-REFERENCE_SIMCLR = {"epochs": 1000, "batch_size": 512, "temperature": 0.5, "symmetric": False, "optimizer": "sgd",
-                    "lr": 0.4, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine", "proj_dim": 128}
+REFERENCE_SIMCLR = {"epochs": 1000, "batch_size": 512, "temperature": 0.5, "symmetric": False, "proj_dim": 128,
+                    "optimizer": {"name": "sgd", "lr": 0.4, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False,
+                                  "schedule": "cosine", "milestones": (0.5, 0.75), "drop_epochs": None, "gamma": 0.1}}
 REFERENCE_AUGMENT = {"crop_scale": (0.2, 1.0), "interpolation": "bicubic", "hflip": None, "jitter_p": 0.8,
                      "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "grayscale_p": 0.2,
                      "blur_p": 0.5, "blur_sigma": (0.1, 2.0)}
@@ -50,7 +55,8 @@ def _pretrain(checkpointer=None, stop=None, epochs=2):
     torch.manual_seed(5)
     x, _, _ = tiny_data()
     return simclr_pretrain(x, tiny_model, torch.Generator().manual_seed(5), Normalize((0.2,), (0.3,), "cpu"), False,
-                           checkpointer, epochs=epochs, batch_size=16, lr=0.05, stop_after_epoch=stop)
+                           checkpointer, epochs=epochs, batch_size=16, optimizer=given("sgd", 0.05, schedule="cosine"),
+                           stop_after_epoch=stop)
 
 
 def test_simclr_pretraining_returns_the_backbone_and_resumes_exactly(tmp_path):
@@ -88,7 +94,7 @@ def test_linear_warmup_trains_only_the_head():
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.Adam(model.parameters(), 0.01)  # one optimiser over the whole model, as in DBD
-    train_linear_head(model, optimizer, ctx, 16, {}, "test")
+    train_linear_head(model, optimizer, ctx, 16, SCE(), "test")
     after = model.state_dict()
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]) != name.startswith("fc."), name
@@ -104,7 +110,7 @@ def test_cached_linear_warmup_trains_only_the_head_on_fixed_features():
     feats = frozen_features(model, ctx.train_x, ctx.normalize, 7)
     torch.testing.assert_close(feats, features(model.eval(), ctx.normalize(ctx.train_x)))
     optimizer = torch.optim.Adam(model.parameters(), 0.01)
-    stats = train_linear_head_cached(model, optimizer, feats, ctx.train_y, 16, ctx.generator, {})
+    stats = train_linear_head_cached(model, optimizer, feats, ctx.train_y, 16, ctx.generator, SCE())
     assert set(stats) == {"loss", "train_acc"}
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed == {"fc.weight", "fc.bias"}  # eval mode: not even batch-norm statistics move
@@ -126,7 +132,9 @@ def composed(*files: str) -> tuple[DBD, dict, SimCLRAugment]:
     load_all()
     config.parse([PARAMS / f for f in files])
     try:
-        bound = {k: gin.query_parameter(f"defenses.simclr_pretrain.{k}") for k in REFERENCE_SIMCLR}
+        bound = {k: gin.query_parameter(f"defenses.simclr_pretrain.{k}") for k in REFERENCE_SIMCLR if k != "optimizer"}
+        with gin.config_scope("simclr"):
+            bound["optimizer"] = Optimizer().settings
         return DEFENSES.create("dbd"), bound, SimCLRAugment()
     finally:
         gin.clear_config()
@@ -136,7 +144,7 @@ def test_paper_profile_runs_the_reference_values():
     defense, simclr, augment = composed("base.gin", "datasets/cifar10.gin", "defenses/dbd_pretrain.gin",
                                         "defenses/dbd.gin", "profiles/paper/common.gin",
                                         "profiles/paper/dbd_pretrain.gin", "profiles/paper/dbd.gin")
-    assert {k: getattr(defense, k) for k in REFERENCE_DBD} == REFERENCE_DBD
+    assert settings(defense, REFERENCE_DBD) == REFERENCE_DBD
     assert simclr == REFERENCE_SIMCLR
     assert {k: getattr(augment, k) for k in REFERENCE_AUGMENT} == REFERENCE_AUGMENT
 
@@ -146,7 +154,7 @@ def test_small_profiles_ramp_lambda_u_over_the_mixmatch_epochs(profile):
     defense, simclr, _ = composed("base.gin", "datasets/mnist5k.gin", "defenses/dbd_pretrain.gin", "defenses/dbd.gin",
                                   f"profiles/{profile}/common.gin", f"profiles/{profile}/dbd_pretrain.gin",
                                   f"profiles/{profile}/dbd.gin")
-    assert defense.mixmatch["rampup"] == defense.epochs and defense.epsilon == 0.5
+    assert defense.mixmatch.settings["rampup"] == defense.epochs and defense.epsilon == 0.5
     assert simclr["epochs"] < REFERENCE_SIMCLR["epochs"] and simclr["temperature"] == 0.5
 
 
@@ -155,7 +163,7 @@ def test_small_profiles_ramp_lambda_u_over_the_mixmatch_epochs(profile):
 GIN = ["params/base.gin", "params/attacks/badnets.gin", "params/defenses/dbd_pretrain.gin", "params/defenses/dbd.gin",
        "params/profiles/smoke/common.gin", "params/profiles/smoke/dbd_pretrain.gin", "params/profiles/smoke/dbd.gin"]
 BINDINGS = ["SEED = 3", "stages.train.device = 'cpu'", "defenses.simclr_pretrain.epochs = 2",
-            "defenses.simclr_pretrain.batch_size = 32", "defenses.DBD.epochs = 2", "defenses.DBD.rampup = 2"]
+            "defenses.simclr_pretrain.batch_size = 32", "defenses.DBD.epochs = 2", "dbd/engine.MixMatch.rampup = 2"]
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from posttraining import defense_gin, poisoned_with_upstream
 BINDINGS = {  # smaller pools than the smoke profile's, for the tests' 120-image set
     "none": ["defenses.NoDefense.epochs = 2", "defenses.NoDefense.batch_size = 16"],
     "abl": ["defenses.ABL.batch_size = 16"],
-    "asd": ["defenses.ASD.batch_size = 8", "defenses.ASD.seeds_per_class = 2", "defenses.ASD.n = 2"],
+    "asd": ["asd/engine.MixMatch.batch_size = 8", "defenses.ASD.seeds_per_class = 2", "defenses.ASD.n = 2"],
     "fp": ["defenses.FP.finetune_epochs = 2"],
     "nad": [],
-    "dbd": ["defenses.DBD.epochs = 2", "defenses.DBD.rampup = 2", "defenses.DBD.batch_size = 8",
+    "dbd": ["defenses.DBD.epochs = 2", "dbd/engine.MixMatch.rampup = 2", "dbd/engine.MixMatch.batch_size = 8",
             "defenses.simclr_pretrain.batch_size = 32"],
 }
 

@@ -69,12 +69,12 @@ def test_a_wrong_typed_epochs_binding_is_one_line(cell, tmp_path, capsys, repo_c
 
 @pytest.mark.parametrize("binding, expected", [
     ("defenses.NoDefense.batch_size = 0", "defenses.NoDefense.batch_size = 0 is invalid: expected an integer >= 1"),
-    ("engine.make_optimizer.lr = -0.1", "engine.make_optimizer.lr = -0.1 is invalid: expected a learning rate > 0"),
-    ("engine.make_optimizer.name = 'adamw'", "engine.make_optimizer.name = 'adamw' is invalid: expected one of sgd"),
-    ("engine.make_schedule.name = 'linear'", "engine.make_schedule.name = 'linear' is invalid"),
+    ("none/engine.Optimizer.lr = -0.1", "none/engine.Optimizer.lr = -0.1 is invalid: expected a learning rate > 0"),
+    ("none/engine.Optimizer.name = 'adamw'", "none/engine.Optimizer.name = 'adamw' is invalid: expected one of sgd"),
+    ("none/engine.Optimizer.schedule = 'linear'", "none/engine.Optimizer.schedule = 'linear' is invalid"),
     ("engine.Augment.padding_mode = 'zeros'", "engine.Augment.padding_mode = 'zeros' is invalid"),
     ("models.create_model.arch = 'resnet50'", "models.create_model.arch = 'resnet50' is invalid"),
-    ("engine.make_optimizer.momentum = 'high'", "engine.make_optimizer.momentum = 'high' is invalid: expected a number"),
+    ("none/engine.Optimizer.momentum = 'high'", "none/engine.Optimizer.momentum = 'high' is invalid: expected a number"),
 ])
 def test_engine_and_model_bindings_are_checked(cell, tmp_path, capsys, repo_cwd, binding, expected):
     rc = main(_args(cell, tmp_path, binding))
@@ -85,7 +85,7 @@ def test_engine_and_model_bindings_are_checked(cell, tmp_path, capsys, repo_cwd,
 
 
 def test_a_diverging_loss_stops_with_one_line_and_writes_no_model(cell, tmp_path, capsys, repo_cwd):
-    rc = main(_args(cell, tmp_path, "engine.make_optimizer.lr = 1e9"))
+    rc = main(_args(cell, tmp_path, "none/engine.Optimizer.lr = 1e9"))
     line = _error_line(capsys.readouterr().err)
     assert rc == 2
     assert line.startswith(f"asd-repro: error: {tmp_path / 'run'}: train 1/2: the training loss is ")
@@ -95,8 +95,8 @@ def test_a_diverging_loss_stops_with_one_line_and_writes_no_model(cell, tmp_path
 
 def test_divergence_keeps_the_last_good_checkpoint(cell, tmp_path, capsys, repo_cwd):
     # epoch 1 at the smoke lr, then the lr is multiplied by 1e12: epoch 2 diverges
-    rc = main(_args(cell, tmp_path, "engine.make_schedule.name = 'multistep'", "engine.make_schedule.milestones = (0.5,)",
-                    "engine.make_schedule.gamma = 1e12"))
+    rc = main(_args(cell, tmp_path, "none/engine.Optimizer.schedule = 'multistep'", "none/engine.Optimizer.milestones = (0.5,)",
+                    "none/engine.Optimizer.gamma = 1e12"))
     line = _error_line(capsys.readouterr().err)
     assert rc == 2 and ": train 2/2: the training loss is " in line, line
     _no_outputs(tmp_path)

@@ -125,8 +125,8 @@ def test_paper_profile_runs_backdoorbench_values():
                       "profiles/paper/fp.gin")
     assert (fp.clean_fraction, fp.acc_drop, fp.max_prune_ratio, fp.prune_step, fp.finetune_epochs,
             fp.batch_size) == (0.05, 0.1, 1.0, 1, 100, 256)
-    assert (fp.sgd.lr, fp.sgd.momentum, fp.sgd.weight_decay, fp.sgd.nesterov, fp.sgd.schedule) == (
-        0.01, 0.9, 5e-4, False, "cosine")
+    o = fp.optimizer
+    assert (o.name, o.lr, o.momentum, o.weight_decay, o.nesterov, o.schedule) == ("sgd", 0.01, 0.9, 5e-4, False, "cosine")
 
 
 def test_mini_profile_parses():

@@ -9,7 +9,7 @@ from pathlib import Path
 import networkx as nx
 
 PACKAGE = Path(__file__).resolve().parents[1] / "asd_repro"
-ABOVE_CORE = ("asd_repro.cli", "asd_repro.plugins", "asd_repro.stages", "asd_repro.report", "asd_repro.runner",
+ABOVE_CORE = ("asd_repro.cli", "asd_repro.cli.plugins", "asd_repro.stages", "asd_repro.report", "asd_repro.runner",
               "asd_repro.forkserver", "asd_repro.__main__")
 
 

@@ -20,7 +20,7 @@ from conftest import REPO, badnets_poisoned
 
 GIN = ["params/base.gin", "params/attacks/badnets.gin", "params/defenses/none.gin", "params/profiles/smoke/common.gin",
        "params/profiles/smoke/none.gin"]
-BINDINGS = ["defenses.NoDefense.epochs = 3", "defenses.NoDefense.batch_size = 16", "engine.make_schedule.name = 'cosine'",
+BINDINGS = ["defenses.NoDefense.epochs = 3", "defenses.NoDefense.batch_size = 16", "none/engine.Optimizer.schedule = 'cosine'",
             "stages.train.device = 'cpu'"]
 
 KILLER = r"""

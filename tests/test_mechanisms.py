@@ -297,4 +297,5 @@ def test_the_check_stage_refuses_a_bindings_typo_or_a_missing_list(tmp_path):
 
 def test_the_check_stage_runs_first_and_depends_on_the_bindings():
     check = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["check"]
-    assert "bindings" in check["params"] and check["cmd"].startswith("python -m asd_repro.checkbindings params.yaml &&")
+    assert check["params"] == [{"params.yaml": None}]  # every key of params.yaml, the bindings lists included
+    assert check["cmd"].startswith("python -m asd_repro.checkbindings params.yaml &&")

@@ -45,12 +45,12 @@ def test_post_training_defenses_follow_the_scaling_rule(name):
         assert mini.finetune_epochs == paper.finetune_epochs == 100
     else:
         assert (mini.teacher_epochs, mini.epochs) == (paper.teacher_epochs, paper.epochs) == (10, 20)
-        assert mini.sgd.lr_drop_epochs == paper.sgd.lr_drop_epochs and mini.sgd.gamma == paper.sgd.gamma
+        assert mini.optimizer.drop_epochs == paper.optimizer.drop_epochs and mini.optimizer.gamma == paper.optimizer.gamma
     assert mini.batch_size == _ruled_batch(paper.batch_size)
-    assert mini.sgd.lr == pytest.approx(_ruled_lr(paper.sgd.lr, paper.batch_size, mini.batch_size))
-    assert mini.sgd.schedule == paper.sgd.schedule
-    assert (mini.sgd.momentum, mini.sgd.weight_decay, mini.sgd.nesterov) == (
-        paper.sgd.momentum, paper.sgd.weight_decay, paper.sgd.nesterov)
+    assert mini.optimizer.lr == pytest.approx(_ruled_lr(paper.optimizer.lr, paper.batch_size, mini.batch_size))
+    assert mini.optimizer.schedule == paper.optimizer.schedule
+    assert (mini.optimizer.momentum, mini.optimizer.weight_decay, mini.optimizer.nesterov) == (
+        paper.optimizer.momentum, paper.optimizer.weight_decay, paper.optimizer.nesterov)
 
 
 def test_asd_stage_one_ends_with_the_references_clean_pool_per_class():
@@ -74,9 +74,9 @@ def test_asd_epoch_keeps_the_references_passes_over_the_training_set():
     paper_none, mini_none = _pair("none")
 
     def passes(asd, n_train):
-        return asd.mixmatch["iterations"] * asd.mixmatch["batch_size"] / n_train
+        return asd.mixmatch.settings["iterations"] * asd.mixmatch.settings["batch_size"] / n_train
 
     assert passes(paper, PAPER_TRAIN) == pytest.approx(1.31, abs=0.01)
     assert passes(mini, MINI_TRAIN) == pytest.approx(passes(paper, PAPER_TRAIN), rel=0.01)
-    assert mini.mixmatch["batch_size"] == paper.mixmatch["batch_size"] == 64
+    assert mini.mixmatch.settings["batch_size"] == paper.mixmatch.settings["batch_size"] == 64
     assert mini.epochs / paper.epochs == mini_none.epochs / paper_none.epochs == pytest.approx(0.1)

@@ -127,9 +127,10 @@ def test_paper_profile_runs_the_reference_values():
                        "profiles/paper/nad.gin")
     assert (nad.clean_fraction, nad.teacher_epochs, nad.epochs, nad.p, nad.batch_size) == (0.05, 10, 20, 2.0, 64)
     assert nad.betas == {"layer2": 500.0, "layer3": 1000.0, "layer4": 1000.0}
-    assert (nad.sgd.lr, nad.sgd.momentum, nad.sgd.weight_decay, nad.sgd.nesterov) == (0.1, 0.9, 1e-4, True)
+    o = nad.optimizer
+    assert (o.name, o.lr, o.momentum, o.weight_decay, o.nesterov) == ("sgd", 0.1, 0.9, 1e-4, True)
     # the reference's adjust_learning_rate: 0.1 for epochs 0-1, 0.01 from epoch 2
-    optimizer, schedule = nad.sgd.build(tiny_resnet(0), nad.epochs)
+    optimizer, schedule = nad.optimizer.build(tiny_resnet(0).parameters(), nad.epochs)
     lrs = []
     for _ in range(nad.epochs):
         lrs.append(optimizer.param_groups[0]["lr"])

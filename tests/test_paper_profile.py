@@ -36,7 +36,7 @@ def test_paper_profile_runs_on_real_format_cifar10(tmp_path, repo_cwd):
                  "--bind", "defenses.NoDefense.epochs = 1", "--bind", "stages.train.device = 'cpu'"]) == 0
     operative = (run / "operative_config.gin").read_text()
     assert "create_model.arch = 'resnet18'" in operative  # gin writes minimal selectors
-    assert "make_optimizer.lr = 0.1" in operative and "make_schedule.name = 'multistep'" in operative
+    assert "Optimizer.lr = 0.1" in operative and "Optimizer.schedule = 'multistep'" in operative
     assert json.loads((run / "run.json").read_text())["model"] == {"num_classes": 10, "in_chans": 3, "image_size": 32}
     saved = torch.load(run / "model.pt", weights_only=True)["model_kwargs"]
     assert saved == {"num_classes": 10, "in_chans": 3, "image_size": 32, "arch": "resnet18", "stem": "cifar"}
@@ -78,7 +78,7 @@ def _composed(files, configurable):
     import gin
 
     from asd_repro.core import config
-    from asd_repro.plugins import load_all
+    from asd_repro.cli.plugins import load_all
 
     load_all()
     config.parse(files, ["SEED = 100"])

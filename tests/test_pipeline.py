@@ -75,13 +75,13 @@ def test_dvc_repro_smoke_profile_end_to_end(tmp_path):
     assert "ASD.gamma = 0.3" in (work / "runs" / "smoke" / "mnist5k" / "blend" / "asd" / "s100" / "config.gin").read_text()
 
     # A changed train-only gin value (what `dvc exp run -S bindings.train=[...]` does) re-runs only train and after.
-    params["bindings"]["train"] = ["engine.make_optimizer.lr = 0.02"]
+    params["bindings"]["train"] = ["none/engine.Optimizer.lr = 0.02"]
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     second, ran = _repro(work)
     cells = {f"{family}@mnist5k-{a}-{f}-100" for a in ("badnets", "blend")
              for family, f in (("train", "none"), ("train", "asd"), ("repair", "fp"), ("finetune", "dbd"))}
     assert ran - {"check"} == cells | {"evaluate@mnist5k-badnets", "evaluate@mnist5k-blend", "table"}, ran  # no pretrain
-    assert "make_optimizer.lr = 0.02" in (
+    assert "Optimizer.lr = 0.02" in (
         work / "runs" / "smoke" / "mnist5k" / "badnets" / "none" / "s100" / "operative_config.gin").read_text()
 
     # Editing one attack's gin file re-runs that attack's branch only.

@@ -98,7 +98,7 @@ def test_a_claims_file_loads_or_says_one_line(entries, tmp_path):
 
 def _stage_configurables() -> list[tuple[str, list[str]]]:
     """Every configurable a stage's gin files may bind, with its parameters (from ``asd-repro configurables``)."""
-    from asd_repro.plugins import describe_configurables, load_all
+    from asd_repro.cli.plugins import describe_configurables, load_all
 
     load_all()
     out = []

@@ -19,7 +19,7 @@ def _poisoned(tmp_path):
 
 def _train(clean, poisoned, out, ckpt, stop=None, bindings=()):
     asked = configure(GIN, ["SEED = 3", "defenses.NoDefense.epochs = 3", "defenses.NoDefense.batch_size = 16",
-                            "engine.make_schedule.name = 'cosine'", "stages.train.device = 'cpu'", *bindings])
+                            "none/engine.Optimizer.schedule = 'cosine'", "stages.train.device = 'cpu'", *bindings])
     return stages.train("none", clean, poisoned, out, out.parent / f"{out.name}.json", ckpt, asked_config=asked,
                         stop_after_epoch=stop)
 

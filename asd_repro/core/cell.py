@@ -83,9 +83,8 @@ def torch_threads(threads: int | None = None) -> None:
     """
     import torch
 
-    from asd_repro.core.errors import check_types, require
+    from asd_repro.core.errors import require
 
-    check_types("stages.torch_threads", torch_threads, locals())
     if threads is not None:
         require("stages.torch_threads.threads", threads, threads >= 1, "an integer >= 1, or None (the cores)")
         torch.set_num_threads(threads)
@@ -99,9 +98,6 @@ def deterministic(enabled: bool = False) -> None:
 
     import torch
 
-    from asd_repro.core.errors import check_types
-
-    check_types("stages.deterministic", deterministic, locals())
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False

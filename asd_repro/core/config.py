@@ -39,7 +39,7 @@ def configurable(module: str, name: str | None = None) -> Callable[[Any], Any]:
         @functools.wraps(target)
         def checked(*args: Any, **kwargs: Any) -> Any:
             given = signature.bind_partial(*args, **kwargs).arguments
-            check_types(selector, target, {k: v for k, v in given.items()
+            check_types(scoped(selector), target, {k: v for k, v in given.items()
                                            if k != "self" and k not in packed and v is not gin.REQUIRED})
             return target(*args, **kwargs)
 
@@ -50,6 +50,12 @@ def configurable(module: str, name: str | None = None) -> Callable[[Any], Any]:
         return gin.configurable(name, module=module)(checked)
 
     return decorate
+
+
+def scoped(selector: str) -> str:
+    """``selector`` as the binding that reached it: ``asd/engine.Optimizer`` inside gin scope ``asd``."""
+    scope = gin.current_scope_str()
+    return f"{scope}/{selector}" if scope else selector
 
 
 def _first_line(e: BaseException) -> str:

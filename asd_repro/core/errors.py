@@ -111,10 +111,17 @@ def _matches(value: object, hint: Any) -> bool:
         return not args or all(_matches(v, args[0]) for v in value)
     if hint is dict or origin is dict:
         return isinstance(value, dict)
+    if _collaborator(hint):
+        return isinstance(value, hint)
     return True  # anything else (tensors, modules, callables) is not a binding's type
 
 
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path (a string)"}
+
+
+def _collaborator(hint: Any) -> bool:
+    """A class of this package that a binding passes by gin reference (``@asd/engine.Optimizer()``)."""
+    return isinstance(hint, type) and hint.__module__.startswith("asd_repro.")
 
 
 def _describe(hint: Any) -> str:
@@ -124,6 +131,9 @@ def _describe(hint: Any) -> str:
         return "None"
     if hint is dict or typing.get_origin(hint) is dict:
         return "a mapping"
+    if _collaborator(hint):
+        module = hint.__module__.split(".")[1]
+        return f"a reference @<scope>/{module}.{hint.__name__}()"
     args = typing.get_args(hint)
     if typing.get_origin(hint) is tuple and args and args[-1] is not Ellipsis:
         return f"a list of {len(args)}: " + ", ".join(_describe(h) for h in args)

@@ -15,7 +15,7 @@ import torch
 from asd_repro.core.errors import UserError
 from asd_repro.defenses import Context
 from asd_repro.engine.loop import train_epoch
-from asd_repro.engine.optim import make_optimizer, make_schedule
+from asd_repro.engine.optim import Optimizer
 
 
 @dataclass
@@ -46,29 +46,6 @@ def defender_clean_data(ctx: Context, fraction: float, binding: str) -> CleanDat
     return CleanData(ctx.train_x[selected], ctx.train_y[selected], indices, info)
 
 
-@dataclass
-class SGD:
-    """The optimiser and learning-rate schedule of one defense's training phases.
-
-    ``schedule`` is an ``engine.make_schedule`` name; for 'multistep' the lr is multiplied by ``gamma`` after
-    each epoch count in ``lr_drop_epochs`` (absolute epochs of the phase, as the reference codes write them).
-    """
-
-    lr: float
-    momentum: float
-    weight_decay: float
-    nesterov: bool
-    schedule: str
-    lr_drop_epochs: tuple[int, ...]
-    gamma: float
-
-    def build(self, model: torch.nn.Module, epochs: int):
-        optimizer = make_optimizer(model.parameters(), name="sgd", lr=self.lr, momentum=self.momentum,
-                                   weight_decay=self.weight_decay, nesterov=self.nesterov)
-        milestones = tuple(e / max(epochs, 1) for e in self.lr_drop_epochs)
-        return optimizer, make_schedule(optimizer, epochs, name=self.schedule, milestones=milestones, gamma=self.gamma)
-
-
 def clean_epoch(ctx: Context, model: torch.nn.Module, clean: CleanData, batch_size: int,
                 desc: str) -> Callable[[torch.optim.Optimizer], dict[str, float]]:
     """``run_epoch`` of a ``training_phase`` that fine-tunes ``model`` with cross entropy on the clean data."""
@@ -76,17 +53,19 @@ def clean_epoch(ctx: Context, model: torch.nn.Module, clean: CleanData, batch_si
                                          ctx.generator, desc=desc)
 
 
-def training_phase(ctx: Context, phase: str, model: torch.nn.Module, sgd: SGD, epochs: int, clean: CleanData,
+def training_phase(ctx: Context, phase: str, model: torch.nn.Module, optimizer: Optimizer, epochs: int,
+                   clean: CleanData,
                    run_epoch: Callable[[torch.optim.Optimizer], dict[str, float]], first_epoch: int = 0,
                    total_epochs: int | None = None) -> torch.nn.Module:
-    """``epochs`` resumable epochs of ``run_epoch(optimizer)`` on ``model`` with ``sgd``, one curve record each.
+    """``epochs`` resumable epochs of ``run_epoch(optimizer)`` on ``model`` with ``optimizer``'s build, one curve
+    record each.
 
     Args:
         first_epoch: epochs of the run's earlier phases, so that records count epochs across phases.
         total_epochs: epochs of the whole run (for the progress line); defaults to this phase's.
     """
-    optimizer, schedule = sgd.build(model, epochs)
+    optim, schedule = optimizer.build(model.parameters(), epochs)
     pools = {"clean_pool": len(clean.indices), "poisoned_in_clean_pool": int(ctx.poison[clean.indices].sum())}
-    ctx.run_phase(phase, epochs, lambda epoch: {**pools, **run_epoch(optimizer)}, model, optimizer, schedule,
+    ctx.run_phase(phase, epochs, lambda epoch: {**pools, **run_epoch(optim)}, model, optim, schedule,
                   checkpoint=phase, first_epoch=first_epoch, total=total_epochs)
     return model

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from asd_repro.core.config import configurable
-from asd_repro.core.errors import UserError, check_types
+from asd_repro.core.errors import UserError
 from asd_repro.defenses import Context, Defense, register_defense
 from asd_repro.engine.augment import Augment
 from asd_repro.engine.loop import predict_logits, train_epoch
-from asd_repro.engine.optim import make_optimizer, make_schedule
+from asd_repro.engine.optim import Optimizer, given
 from asd_repro.engine.split import lowest_fraction
 
 
@@ -69,15 +69,9 @@ class ABL(Defense):
         finetune_epochs: epochs of cross entropy on the non-isolated samples (60).
         unlearning_epochs: epochs of gradient ascent on the isolated samples (20).
         batch_size: mini-batch size of every phase (64).
-        lr: phase 1's constant learning rate (0.1).
-        finetune_lr: phase 3's initial learning rate (0.1) ...
-        finetune_milestones: ... multiplied by finetune_decay at these fractions of finetune_epochs
-            (the reference: x0.1 at epoch 40 of 60).
-        finetune_decay: the multiplier (0.1).
-        unlearning_lr: phase 4's constant learning rate (0.0005).
-        momentum: SGD momentum of every phase (0.9).
-        nesterov: Nesterov momentum (True).
-        weight_decay: SGD weight decay of every phase (1e-4).
+        isolation_optimizer: phase 1's (the reference: SGD, lr 0.1 constant, momentum 0.9, Nesterov, wd 1e-4).
+        finetune_optimizer: phase 3's (the same SGD, lr 0.1 x0.1 at epoch 40 of 60: milestones (2/3,)).
+        unlearning_optimizer: phase 4's (the same SGD at a constant lr 0.0005).
         isolation_augment: augment phase 1's batches (the reference: no).
         finetune_augment: augment phase 3's batches (the reference: crop, flip, Cutout).
         unlearning_augment: augment phase 4's batches (the reference: no).
@@ -85,12 +79,10 @@ class ABL(Defense):
     """
 
     def __init__(self, isolation_epochs: int = 20, gamma: float = 0.5, isolation_ratio: float = 0.01,
-                 finetune_epochs: int = 60, unlearning_epochs: int = 20, batch_size: int = 64, lr: float = 0.1,
-                 finetune_lr: float = 0.1, finetune_milestones: tuple[float, ...] = (2 / 3,),
-                 finetune_decay: float = 0.1, unlearning_lr: float = 5e-4, momentum: float = 0.9,
-                 nesterov: bool = True, weight_decay: float = 1e-4, isolation_augment: bool = False,
+                 finetune_epochs: int = 60, unlearning_epochs: int = 20, batch_size: int = 64,
+                 isolation_optimizer: Optimizer | None = None, finetune_optimizer: Optimizer | None = None,
+                 unlearning_optimizer: Optimizer | None = None, isolation_augment: bool = False,
                  finetune_augment: bool = True, unlearning_augment: bool = False, loss_batch_size: int = 1024):
-        check_types("defenses.ABL", type(self).__init__, locals())
         problems = [msg for ok, msg in (
             (isolation_epochs >= 1, f"isolation_epochs must be >= 1 to isolate anything (got {isolation_epochs})"),
             (finetune_epochs >= 0 and unlearning_epochs >= 0,
@@ -98,16 +90,17 @@ class ABL(Defense):
             (0 < isolation_ratio < 1, f"isolation_ratio is a fraction in (0, 1) (got {isolation_ratio})"),
             (gamma >= 0, f"gamma is a loss floor, >= 0 (got {gamma})"),
             (batch_size >= 1 and loss_batch_size >= 1, "batch_size and loss_batch_size must be positive"),
-            (min(lr, finetune_lr, unlearning_lr) > 0, "lr, finetune_lr and unlearning_lr must be positive"),
         ) if not ok]
         if problems:
             raise UserError(f"defenses.ABL: {'; '.join(problems)}; fix the binding")
         self.isolation_epochs, self.gamma, self.isolation_ratio = isolation_epochs, gamma, isolation_ratio
         self.finetune_epochs, self.unlearning_epochs = finetune_epochs, unlearning_epochs
         self.batch_size, self.loss_batch_size = batch_size, loss_batch_size
-        self.lr, self.finetune_lr, self.unlearning_lr = lr, finetune_lr, unlearning_lr
-        self.finetune_milestones, self.finetune_decay = tuple(finetune_milestones), finetune_decay
-        self.sgd = {"name": "sgd", "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay}
+        sgd = {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}
+        self.optimizers = {"isolation": isolation_optimizer or given("sgd", 0.1, **sgd),
+                           "finetune": finetune_optimizer or given("sgd", 0.1, schedule="multistep",
+                                                                   milestones=(2 / 3,), **sgd),
+                           "unlearning": unlearning_optimizer or given("sgd", 5e-4, **sgd)}
         self.augment = {"isolation": isolation_augment, "finetune": finetune_augment,
                         "unlearning": unlearning_augment}
         self.run_info: dict = {}
@@ -121,16 +114,14 @@ class ABL(Defense):
         logits = predict_logits(model, ctx.train_x, ctx.normalize, self.loss_batch_size)
         return F.cross_entropy(logits, ctx.train_y, reduction="none").cpu().numpy()
 
-    def train_phase(self, ctx: Context, phase: str, model: torch.nn.Module, lr: float, schedule: str, epochs: int,
-                    offset: int, indices: np.ndarray | None, loss_fn: Callable, pools: dict) -> None:
-        """``epochs`` resumable epochs of SGD on ``loss_fn`` over the samples ``indices`` (None: all).
+    def train_phase(self, ctx: Context, phase: str, model: torch.nn.Module, epochs: int, offset: int,
+                    indices: np.ndarray | None, loss_fn: Callable, pools: dict) -> None:
+        """``epochs`` resumable epochs of the phase's optimiser on ``loss_fn`` over the samples ``indices`` (None: all).
 
         Epochs are numbered globally (``offset`` + 1 ...) in the curves and for the interrupt hook; the recorded
         ``loss`` is the phase's objective (LGA, CE, or -CE while unlearning); ``pools`` are added to every record.
         """
-        optimizer = make_optimizer(model.parameters(), lr=lr, **self.sgd)
-        lr_schedule = make_schedule(optimizer, epochs, name=schedule, milestones=self.finetune_milestones,
-                                    gamma=self.finetune_decay)
+        optimizer, lr_schedule = self.optimizers[phase].build(model.parameters(), epochs)
         x, y = ctx.train_x, ctx.train_y
         if indices is not None:
             idx = torch.from_numpy(indices).to(ctx.device)
@@ -144,7 +135,7 @@ class ABL(Defense):
     def run(self, ctx: Context) -> torch.nn.Module:
         model = ctx.new_model()
         # 1. isolation: LGA holds the batch loss near gamma, so the fast-learned backdoor ends up lowest.
-        self.train_phase(ctx, "isolation", model, self.lr, "constant", self.isolation_epochs, 0, None,
+        self.train_phase(ctx, "isolation", model, self.isolation_epochs, 0, None,
                          functools.partial(lga_loss, gamma=self.gamma), {})
         # 2. D_b = the p fraction of lowest loss (deterministic: recomputed, not checkpointed, on resume).
         isolated, remaining = isolate(self.isolation_loss(model, ctx), self.isolation_ratio)
@@ -158,9 +149,9 @@ class ABL(Defense):
                  "isolated": len(isolated), "poisoned_in_isolated": poisoned_isolated}
         print(f"abl: isolated {len(isolated)} samples, {poisoned_isolated} of them poisoned", flush=True)
         # 3. training on D_c.
-        self.train_phase(ctx, "finetune", model, self.finetune_lr, "multistep", self.finetune_epochs,
+        self.train_phase(ctx, "finetune", model, self.finetune_epochs,
                          self.isolation_epochs, remaining, F.cross_entropy, pools)
         # 4. unlearning: gradient ascent on D_b.
-        self.train_phase(ctx, "unlearning", model, self.unlearning_lr, "constant", self.unlearning_epochs,
+        self.train_phase(ctx, "unlearning", model, self.unlearning_epochs,
                          self.isolation_epochs + self.finetune_epochs, isolated, negated_ce, pools)
         return model

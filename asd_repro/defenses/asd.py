@@ -36,12 +36,13 @@ import numpy as np
 import torch
 
 from asd_repro.core.config import configurable
-from asd_repro.core.errors import UserError, check_types
+from asd_repro.core.errors import UserError
 from asd_repro.defenses import Context, Defense, Timer, register_defense
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.loop import train_epoch
-from asd_repro.engine.mixmatch import mixmatch_epoch
-from asd_repro.engine.optim import make_optimizer, make_schedule
+from asd_repro.engine.losses import SCE
+from asd_repro.engine.mixmatch import MixMatch
+from asd_repro.engine.optim import Optimizer, given
 from asd_repro.engine.split import lowest_fraction, sce_split_loss
 
 
@@ -63,9 +64,10 @@ def class_aware_split(loss: np.ndarray, labels: np.ndarray, seeds: np.ndarray, k
 
 
 def train_virtual_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, layers: tuple[str, ...],
-                        lr: float, epochs: int, batch_size: int, augment: Augment, normalize: Normalize,
+                        optimizer: Optimizer, epochs: int, batch_size: int, augment: Augment, normalize: Normalize,
                         generator: torch.Generator, desc: str = "virtual model") -> torch.nn.Module:
-    """A copy of ``model`` trained with cross entropy on (x, y), Adam updating only ``layers``; ``model`` untouched.
+    """A copy of ``model`` trained with cross entropy on (x, y), ``optimizer`` (the reference's: Adam at lr beta)
+    updating only ``layers``; ``model`` untouched.
 
     The copy trains in train mode, so the batch-norm statistics of every layer move, as in the reference.
     """
@@ -78,9 +80,9 @@ def train_virtual_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
     virtual.requires_grad_(False)
     for p in trained:
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(trained, lr=lr)
+    optim = optimizer.make(trained)
     for epoch in range(epochs):
-        train_epoch(virtual, optimizer, x, y, augment, normalize, batch_size, generator,
+        train_epoch(virtual, optim, x, y, augment, normalize, batch_size, generator,
                     desc=f"{desc} {epoch + 1}/{epochs}")
     return virtual
 
@@ -99,49 +101,29 @@ class ASD(Defense):
         t: ... every t epochs (10 and 5).
         alpha: stage 2's clean-pool fraction of the dataset (0.5).
         gamma: stage 3's clean-pool fraction of the dataset (0.5).
-        beta: the virtual model's Adam learning rate (0.015).
+        virtual_optimizer: the virtual model's optimiser (the reference: Adam at lr beta = 0.015, constant).
         virtual_epochs: epochs of training of the virtual model (1).
         virtual_layers: top-level modules of the model the virtual model's optimiser updates.
         virtual_batch_size: the virtual model's CE batch size (128).
-        sce_ce_weight: weight of CE in the split loss L1 (0.1).
-        sce_rce_weight: weight of reverse CE in L1 (1.0).
-        sce_prob_min: clamp of the probabilities in reverse CE (1e-7).
-        sce_onehot_min: clamp of the one-hot labels in reverse CE (1e-4).
-        T: MixMatch's sharpening temperature (0.5).
-        K: MixMatch's augmentations per unlabelled sample (2).
-        mixup_alpha: MixUp's Beta(alpha, alpha) parameter (0.75).
-        lambda_u: final weight of the unlabelled loss (15).
-        rampup: epochs of the linear ramp of lambda_u (120, the total).
-        iterations: MixMatch iterations per epoch (1024).
-        batch_size: labelled and unlabelled MixMatch batch size (64 each).
-        optimizer: 'adam' or 'sgd' for the model (adam).
-        lr: the model's learning rate (0.002).
-        weight_decay: the model's weight decay (0).
-        schedule: learning-rate schedule, see ``engine.make_schedule`` ('constant').
+        sce: the split loss L1, symmetric cross entropy (``engine.SCE``; CE weight 0.1, RCE weight 1.0).
+        mixmatch: the semi-supervised epoch (``engine.MixMatch``; 1,024 iterations of 64 + 64, rampup = epochs).
+        optimizer: the model's optimiser (Adam, lr 0.002, no weight decay, constant).
         loss_batch_size: batch size of the inference passes that compute L1 (any value gives the same losses).
     """
 
     def __init__(self, epochs: int = 120, stage2_epoch: int = 60, stage3_epoch: int = 90, seeds_per_class: int = 10,
-                 n: int = 10, t: int = 5, alpha: float = 0.5, gamma: float = 0.5, beta: float = 0.015,
-                 virtual_epochs: int = 1, virtual_layers: tuple[str, ...] = ("layer3", "layer4", "fc"),
-                 virtual_batch_size: int = 128, sce_ce_weight: float = 0.1, sce_rce_weight: float = 1.0,
-                 sce_prob_min: float = 1e-7, sce_onehot_min: float = 1e-4, T: float = 0.5, K: int = 2,
-                 mixup_alpha: float = 0.75, lambda_u: float = 15.0, rampup: float = 120, iterations: int = 1024,
-                 batch_size: int = 64, optimizer: str = "adam", lr: float = 0.002, weight_decay: float = 0.0,
-                 schedule: str = "constant", loss_batch_size: int = 1024):
-        check_types("defenses.ASD", type(self).__init__, locals())
+                 n: int = 10, t: int = 5, alpha: float = 0.5, gamma: float = 0.5,
+                 virtual_optimizer: Optimizer | None = None, virtual_epochs: int = 1,
+                 virtual_layers: tuple[str, ...] = ("layer3", "layer4", "fc"), virtual_batch_size: int = 128,
+                 sce: SCE | None = None, mixmatch: MixMatch | None = None, optimizer: Optimizer | None = None,
+                 loss_batch_size: int = 1024):
         problems = [msg for ok, msg in (
             (0 <= stage2_epoch <= stage3_epoch <= epochs,
              f"need 0 <= stage2_epoch ({stage2_epoch}) <= stage3_epoch ({stage3_epoch}) <= epochs ({epochs})"),
             (t >= 1 and n >= 0, f"need t >= 1 and n >= 0 (got t = {t}, n = {n})"),
             (0 < alpha <= 1 and 0 < gamma <= 1, f"alpha and gamma are fractions in (0, 1] (got {alpha}, {gamma})"),
-            (K >= 1 and iterations >= 1 and batch_size >= 1, "K, iterations and batch_size must be positive"),
             (len(virtual_layers) > 0, "virtual_layers is empty"),
             (seeds_per_class >= 1, f"seeds_per_class must be positive (got {seeds_per_class})"),
-            (beta >= 0 and lambda_u >= 0 and T > 0 and rampup >= 0 and mixup_alpha > 0,
-             f"need beta >= 0, lambda_u >= 0, rampup >= 0, T > 0 and mixup_alpha > 0 (got {beta}, {lambda_u}, "
-             f"{rampup}, {T}, {mixup_alpha})"),
-            (lr > 0 and weight_decay >= 0, f"need lr > 0 and weight_decay >= 0 (got {lr}, {weight_decay})"),
             (virtual_epochs >= 0 and virtual_batch_size >= 1 and loss_batch_size >= 1,
              "virtual_epochs must be >= 0, virtual_batch_size and loss_batch_size positive"),
         ) if not ok]
@@ -149,14 +131,14 @@ class ASD(Defense):
             raise UserError(f"defenses.ASD: {'; '.join(problems)}; fix the binding")
         self.epochs, self.stage2_epoch, self.stage3_epoch = epochs, stage2_epoch, stage3_epoch
         self.seeds_per_class, self.n, self.t = seeds_per_class, n, t
-        self.alpha, self.gamma, self.beta = alpha, gamma, beta
+        self.alpha, self.gamma = alpha, gamma
+        self.virtual_optimizer = virtual_optimizer or given("adam", 0.015)
         self.virtual_epochs, self.virtual_layers = virtual_epochs, tuple(virtual_layers)
         self.virtual_batch_size = virtual_batch_size
-        self.sce = {"ce_weight": sce_ce_weight, "rce_weight": sce_rce_weight, "prob_min": sce_prob_min,
-                    "onehot_min": sce_onehot_min}
-        self.mixmatch = {"iterations": iterations, "batch_size": batch_size, "K": K, "T": T, "alpha": mixup_alpha,
-                         "lambda_u": lambda_u, "rampup": rampup}
-        self.optimizer, self.lr, self.weight_decay, self.schedule = optimizer, lr, weight_decay, schedule
+        self.sce = sce or SCE(ce_weight=0.1, rce_weight=1.0, prob_min=1e-7, onehot_min=1e-4)
+        self.mixmatch = mixmatch or MixMatch(iterations=1024, batch_size=64, K=2, T=0.5, alpha=0.75, lambda_u=15.0,
+                                             rampup=epochs)
+        self.optimizer = optimizer or given("adam", 0.002)
         self.loss_batch_size = loss_batch_size
         self.run_info: dict = {}
 
@@ -167,19 +149,18 @@ class ASD(Defense):
     def split_loss(self, model: torch.nn.Module, ctx: Context) -> np.ndarray:
         """L1 of every training sample: SCE in eval mode on train-augmented images, the dataset's labels."""
         return sce_split_loss(model, ctx.train_x, ctx.train_y, ctx.normalize, self.loss_batch_size, ctx.augment,
-                              ctx.generator, **self.sce)
+                              ctx.generator, self.sce)
 
     def meta_split(self, model: torch.nn.Module, ctx: Context, loss: np.ndarray, desc: str = "asd") -> np.ndarray:
         """The gamma fraction of samples whose L1 a virtual model f' reduces the least; f' is then discarded."""
-        virtual = train_virtual_model(model, ctx.train_x, ctx.train_y, self.virtual_layers, self.beta,
+        virtual = train_virtual_model(model, ctx.train_x, ctx.train_y, self.virtual_layers, self.virtual_optimizer,
                                       self.virtual_epochs, self.virtual_batch_size, ctx.augment, ctx.normalize,
                                       ctx.generator, desc=f"{desc}: virtual model")
         return lowest_fraction(loss - self.split_loss(virtual, ctx), self.gamma)
 
     def run(self, ctx: Context) -> torch.nn.Module:
         model = ctx.new_model()
-        optimizer = make_optimizer(model.parameters(), name=self.optimizer, lr=self.lr, weight_decay=self.weight_decay)
-        schedule = make_schedule(optimizer, self.epochs, name=self.schedule)
+        optimizer, schedule = self.optimizer.build(model.parameters(), self.epochs)
         seeds = ctx.clean_indices(self.seeds_per_class, np.random.default_rng(ctx.seed), "defenses.ASD.seeds_per_class")  # D_S
         self.run_info = {"asd_seed_indices": seeds.tolist()}
         labels = ctx.train_y.cpu().numpy()
@@ -197,9 +178,9 @@ class ASD(Defense):
                 clean = self.meta_split(model, ctx, loss, desc=f"asd {e + 1}/{self.epochs}")
             meta_seconds = timer.lap()
             polluted = np.setdiff1d(np.arange(len(loss)), clean)  # D_P
-            stats = mixmatch_epoch(model, optimizer, ctx.train_x, ctx.train_y, torch.from_numpy(clean),
-                                   torch.from_numpy(polluted), ctx.augment, ctx.normalize, ctx.generator,
-                                   ctx.num_classes, e, desc=f"asd {e + 1}/{self.epochs}", **self.mixmatch)
+            stats = self.mixmatch.epoch(model, optimizer, ctx.train_x, ctx.train_y, torch.from_numpy(clean),
+                                        torch.from_numpy(polluted), ctx.augment, ctx.normalize, ctx.generator,
+                                        ctx.num_classes, e, desc=f"asd {e + 1}/{self.epochs}")
             return {"stage": stage, "clean_pool": len(clean), "poisoned_in_clean_pool": int(ctx.poison[clean].sum()),
                     **stats, "loss_pass_seconds": loss_seconds, "meta_split_seconds": meta_seconds,
                     "mixmatch_seconds": timer.lap()}

@@ -37,14 +37,14 @@ import torch
 import torch.nn as nn
 
 from asd_repro.core.config import configurable
-from asd_repro.core.errors import StepLosses, UserError, check_types
+from asd_repro.core.errors import StepLosses, UserError, require
 from asd_repro.defenses import Context, Defense, Timer, register_defense
 from asd_repro.engine.augment import Normalize
 from asd_repro.engine.checkpoint import Checkpointer
 from asd_repro.engine.loop import index_batches, run_epochs, train_epoch
-from asd_repro.engine.losses import sce
-from asd_repro.engine.mixmatch import mixmatch_epoch
-from asd_repro.engine.optim import make_optimizer, make_schedule
+from asd_repro.engine.losses import SCE
+from asd_repro.engine.mixmatch import MixMatch
+from asd_repro.engine.optim import Optimizer, given
 from asd_repro.engine.simclr import SimCLRAugment, features, head_parameter_names, projection_head, simclr_epoch
 from asd_repro.engine.split import lowest_fraction, sce_split_loss
 
@@ -55,8 +55,7 @@ from asd_repro.engine.split import lowest_fraction, sce_split_loss
 def simclr_pretrain(x: torch.Tensor, new_model: Callable[[], nn.Module], generator: torch.Generator,
                     normalize: Normalize, dataset_hflip: bool, checkpointer: Checkpointer | None = None,
                     epochs: int = 1000, batch_size: int = 512, temperature: float = 0.5, symmetric: bool = False,
-                    optimizer: str = "sgd", lr: float = 0.4, momentum: float = 0.9, weight_decay: float = 1e-4,
-                    schedule: str = "cosine", proj_dim: int = 128, stop_after_epoch: int | None = None
+                    optimizer: Optimizer | None = None, proj_dim: int = 128, stop_after_epoch: int | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """DBD's step 1: the backbone f_b pre-trained with SimCLR on the poisoned images, labels unused; resumable.
 
@@ -71,11 +70,8 @@ def simclr_pretrain(x: torch.Tensor, new_model: Callable[[], nn.Module], generat
         batch_size: images per batch, two views each (512); the last, smaller batch is kept, as in DBD.
         temperature: NT-Xent's tau (0.5).
         symmetric: see ``engine.simclr.nt_xent`` (DBD: False).
-        optimizer: 'sgd' (DBD's, momentum 0.9) or 'adam'.
-        lr: learning rate (0.4).
-        momentum: SGD momentum (0.9).
-        weight_decay: (1e-4).
-        schedule: learning-rate schedule over the epochs, see ``engine.make_schedule`` ('cosine', to zero).
+        optimizer: of the backbone and the head (DBD's: SGD, lr 0.4, momentum 0.9, weight decay 1e-4, cosine to zero
+            over the epochs).
         proj_dim: output size of the projection head g (128).
         stop_after_epoch: tests only, raise ``Interrupted`` after that many epochs.
 
@@ -83,7 +79,6 @@ def simclr_pretrain(x: torch.Tensor, new_model: Callable[[], nn.Module], generat
         The backbone's state dict (the model's without its head) and a record of the run: per-epoch mean
         loss, learning rate and seconds.
     """
-    check_types("defenses.simclr_pretrain", simclr_pretrain, locals())
     problems = [msg for ok, msg in (
         (epochs >= 1, f"epochs must be >= 1, got {epochs}"),
         (batch_size >= 2, f"batch_size must be >= 2 (negatives come from the batch), got {batch_size}"),
@@ -96,9 +91,8 @@ def simclr_pretrain(x: torch.Tensor, new_model: Callable[[], nn.Module], generat
     model = new_model()
     head = projection_head(model.get_classifier().in_features, proj_dim).to(x.device)
     params = [p for name, p in model.named_parameters() if name not in head_parameter_names(model)]
-    opt = make_optimizer([*params, *head.parameters()], name=optimizer, lr=lr, momentum=momentum,
-                         weight_decay=weight_decay, nesterov=False)
-    sched = make_schedule(opt, epochs, name=schedule)
+    optimizer = optimizer or given("sgd", 0.4, weight_decay=1e-4, schedule="cosine")
+    opt, sched = optimizer.build([*params, *head.parameters()], epochs)
     history: list[dict[str, Any]] = []
 
     def log(record: dict[str, Any], done: int) -> None:
@@ -122,7 +116,7 @@ def simclr_pretrain(x: torch.Tensor, new_model: Callable[[], nn.Module], generat
 
 
 def train_linear_head(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: Context, batch_size: int,
-                      sce_kwargs: dict[str, float], desc: str) -> dict[str, float]:
+                      sce: SCE, desc: str) -> dict[str, float]:
     """One epoch of SCE training of the head f_c alone on augmented images; the backbone's weights stay fixed.
 
     The model is in train mode, as in DBD's ``poison_linear_train``: the backbone's batch-norm statistics follow
@@ -134,7 +128,7 @@ def train_linear_head(model: nn.Module, optimizer: torch.optim.Optimizer, ctx: C
         p.requires_grad_(False)
     try:
         return train_epoch(model, optimizer, ctx.train_x, ctx.train_y, ctx.augment, ctx.normalize, batch_size,
-                           ctx.generator, loss_fn=lambda logits, y: sce(logits, y, **sce_kwargs), desc=desc)
+                           ctx.generator, loss_fn=sce, desc=desc)
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -149,14 +143,14 @@ def frozen_features(model: nn.Module, x: torch.Tensor, normalize: Normalize, bat
 
 def train_linear_head_cached(model: nn.Module, optimizer: torch.optim.Optimizer, feats: torch.Tensor,
                              y: torch.Tensor, batch_size: int, generator: torch.Generator,
-                             sce_kwargs: dict[str, float], desc: str = "linear head") -> dict[str, float]:
+                             sce: SCE, desc: str = "linear head") -> dict[str, float]:
     """One epoch of SCE training of the head f_c on precomputed backbone features."""
     head = model.get_classifier()
     total, correct = torch.zeros((), device=feats.device), torch.zeros((), device=feats.device)
     losses = StepLosses(desc)
     for idx in index_batches(len(y), batch_size, generator, device=feats.device):
         logits = head(feats[idx])
-        loss = sce(logits, y[idx], **sce_kwargs)
+        loss = sce(logits, y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -182,62 +176,49 @@ class DBD(Defense):
             of head updates; augmentation and the batch-norm drift of the warm-up are dropped.
         epsilon: fraction of the training set kept with its labels, lowest SCE first (0.5).
         epochs: MixMatch fine-tuning epochs (190).
-        sce_ce_weight: weight of CE in SCE, the warm-up's loss and the split's (alpha, 0.1).
-        sce_rce_weight: weight of reverse CE (beta, 1.0).
-        sce_prob_min: clamp of the probabilities in reverse CE (1e-7).
-        sce_onehot_min: clamp of the one-hot labels in reverse CE (1e-4).
-        T: MixMatch's sharpening temperature (0.5).
-        K: augmentations per unlabelled sample (2).
-        mixup_alpha: MixUp's Beta(alpha, alpha) parameter (0.75).
-        lambda_u: final weight of the unlabelled loss (15).
-        rampup: MixMatch epochs of lambda_u's linear ramp from 0 (190).
-        iterations: MixMatch iterations per epoch (1024).
-        batch_size: labelled and unlabelled MixMatch batch size (64 each).
-        optimizer: 'adam' or 'sgd'; one optimiser serves both phases, as in the reference (adam).
-        lr: its learning rate, constant (0.002).
-        weight_decay: its weight decay (0).
+        sce: symmetric cross entropy, the warm-up's loss and the split's (``engine.SCE``; CE weight alpha = 0.1,
+            RCE weight beta = 1.0).
+        mixmatch: the semi-supervised epoch (``engine.MixMatch``; 1,024 iterations of 64 + 64, rampup = epochs).
+        optimizer: one optimiser serves both phases, as in the reference (Adam, lr 0.002, no weight decay,
+            constant).
         loss_batch_size: batch size of the inference passes that compute the split's SCE (speed only).
     """
 
     def __init__(self, linear_epochs: int = 10, linear_batch_size: int = 128, linear_cached: bool = False,
-                 epsilon: float = 0.5, epochs: int = 190,
-                 sce_ce_weight: float = 0.1, sce_rce_weight: float = 1.0, sce_prob_min: float = 1e-7,
-                 sce_onehot_min: float = 1e-4, T: float = 0.5, K: int = 2, mixup_alpha: float = 0.75,
-                 lambda_u: float = 15.0, rampup: float = 190, iterations: int = 1024, batch_size: int = 64,
-                 optimizer: str = "adam", lr: float = 0.002, weight_decay: float = 0.0, loss_batch_size: int = 1024):
-        check_types("defenses.DBD", type(self).__init__, locals())
+                 epsilon: float = 0.5, epochs: int = 190, sce: SCE | None = None, mixmatch: MixMatch | None = None,
+                 optimizer: Optimizer | None = None, loss_batch_size: int = 1024):
         problems = [msg for ok, msg in (
             (linear_epochs >= 0 and epochs >= 0, f"need linear_epochs >= 0 and epochs >= 0 (got {linear_epochs}, "
                                                  f"{epochs})"),
             (0 < epsilon < 1, f"epsilon is the labelled fraction, in (0, 1) (got {epsilon})"),
-            (K >= 1 and iterations >= 1 and batch_size >= 1 and linear_batch_size >= 1,
-             "K, iterations, batch_size and linear_batch_size must be positive"),
+            (linear_batch_size >= 1 and loss_batch_size >= 1, "linear_batch_size and loss_batch_size must be positive"),
         ) if not ok]
         if problems:
             raise UserError(f"defenses.DBD: {'; '.join(problems)}; fix the binding")
         self.linear_epochs, self.linear_batch_size, self.linear_cached = linear_epochs, linear_batch_size, linear_cached
         self.epsilon, self.epochs = epsilon, epochs
-        self.sce = {"ce_weight": sce_ce_weight, "rce_weight": sce_rce_weight, "prob_min": sce_prob_min,
-                    "onehot_min": sce_onehot_min}
-        self.mixmatch = {"iterations": iterations, "batch_size": batch_size, "K": K, "T": T, "alpha": mixup_alpha,
-                         "lambda_u": lambda_u, "rampup": rampup}
-        self.optimizer, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        self.sce = sce or SCE(ce_weight=0.1, rce_weight=1.0, prob_min=1e-7, onehot_min=1e-4)
+        self.mixmatch = mixmatch or MixMatch(iterations=1024, batch_size=64, K=2, T=0.5, alpha=0.75, lambda_u=15.0,
+                                             rampup=epochs)
+        self.optimizer = optimizer or given("adam", 0.002)
         self.loss_batch_size = loss_batch_size
         self.run_info: dict = {}
 
     def split_loss(self, model: nn.Module, ctx: Context) -> np.ndarray:
         """SCE of every training sample: eval mode, train-augmented images, the dataset's labels."""
         return sce_split_loss(model, ctx.train_x, ctx.train_y, ctx.normalize, self.loss_batch_size, ctx.augment,
-                              ctx.generator, **self.sce)
+                              ctx.generator, self.sce)
 
     def run(self, ctx: Context) -> nn.Module:
         n = len(ctx.train_y)
         labelled = int(n * self.epsilon)
-        if min(labelled, n - labelled) < self.mixmatch["batch_size"]:
+        if min(labelled, n - labelled) < self.mixmatch.batch_size:
             raise UserError(f"defenses.DBD: epsilon = {self.epsilon} of {n} samples leaves a pool smaller than "
-                            f"batch_size = {self.mixmatch['batch_size']}; lower batch_size or move epsilon to 0.5")
+                            f"batch_size = {self.mixmatch.batch_size}; lower batch_size or move epsilon to 0.5")
         model = ctx.upstream_model()  # f_b from the SimCLR stage, f_c untrained
-        optimizer = make_optimizer(model.parameters(), name=self.optimizer, lr=self.lr, weight_decay=self.weight_decay)
+        require("dbd/engine.Optimizer.schedule", self.optimizer.schedule, self.optimizer.schedule == "constant",
+                "'constant' (one optimiser spans both phases without a schedule, as in the reference)")
+        optimizer = self.optimizer.make(model.parameters())
         total = self.linear_epochs + self.epochs
 
         # 2. linear warm-up of f_c on the frozen f_b
@@ -260,10 +241,9 @@ class DBD(Defense):
             clean = lowest_fraction(self.split_loss(model, ctx), self.epsilon)  # the labelled pool
             polluted = np.setdiff1d(np.arange(n), clean)  # the unlabelled pool
             loss_seconds = timer.lap()
-            stats = mixmatch_epoch(model, optimizer, ctx.train_x, ctx.train_y, torch.from_numpy(clean),
-                                   torch.from_numpy(polluted), ctx.augment, ctx.normalize, ctx.generator,
-                                   ctx.num_classes, epoch, desc=f"dbd mixmatch {epoch + 1}/{self.epochs}",
-                                   **self.mixmatch)
+            stats = self.mixmatch.epoch(model, optimizer, ctx.train_x, ctx.train_y, torch.from_numpy(clean),
+                                        torch.from_numpy(polluted), ctx.augment, ctx.normalize, ctx.generator,
+                                        ctx.num_classes, epoch, desc=f"dbd mixmatch {epoch + 1}/{self.epochs}")
             return {"clean_pool": len(clean), "poisoned_in_clean_pool": int(ctx.poison[clean].sum()), **stats,
                     "loss_pass_seconds": loss_seconds, "mixmatch_seconds": timer.lap()}
 

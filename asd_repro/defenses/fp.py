@@ -24,14 +24,14 @@ Differences from the references, all deliberate:
 
 from __future__ import annotations
 
-import gin
 import numpy as np
 import torch
 
 from asd_repro.core.config import configurable
-from asd_repro.core.errors import UserError, check_types
+from asd_repro.core.errors import UserError
 from asd_repro.defenses import Context, Defense, register_defense
-from asd_repro.defenses._posttraining import SGD, clean_epoch, defender_clean_data, training_phase
+from asd_repro.defenses._posttraining import clean_epoch, defender_clean_data, training_phase
+from asd_repro.engine.optim import Optimizer, given
 from asd_repro.engine.augment import Normalize
 
 
@@ -109,22 +109,14 @@ class FP(Defense):
         prune_step: channels pruned per step of the search (1).
         finetune_epochs: epochs of fine-tuning of the pruned model on the clean data (100).
         batch_size: fine-tuning batch size (256).
-        lr: SGD learning rate (0.01).
-        momentum: SGD momentum (0.9).
-        weight_decay: SGD weight decay (5e-4).
-        nesterov: Nesterov momentum (False).
-        schedule: learning-rate schedule, an ``engine.make_schedule`` name ('cosine').
-        lr_drop_epochs: for 'multistep', the epochs after which the lr is multiplied by ``gamma``.
-        gamma: the 'multistep' factor.
+        optimizer: of the fine-tuning (SGD, lr 0.01, momentum 0.9, weight decay 5e-4, cosine).
     """
 
     stage = "layer4"  # the last convolutional stage, whose only consumer is the pooled linear head
 
     def __init__(self, clean_fraction: float = 0.05, acc_drop: float = 0.1, max_prune_ratio: float = 1.0,
-                 prune_step: int = 1, finetune_epochs: int = 100, batch_size: int = 256, lr: float = 0.01,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = False, schedule: str = "cosine",
-                 lr_drop_epochs: tuple[int, ...] = (), gamma: float = 0.1):
-        check_types("defenses.FP", type(self).__init__, locals())
+                 prune_step: int = 1, finetune_epochs: int = 100, batch_size: int = 256,
+                 optimizer: Optimizer | None = None):
         problems = [msg for ok, msg in (
             (0 < clean_fraction <= 1, f"clean_fraction must be in (0, 1], got {clean_fraction}"),
             (0 <= acc_drop <= 1, f"acc_drop is a fraction in [0, 1] (0.1 = 10 points), got {acc_drop}"),
@@ -136,7 +128,7 @@ class FP(Defense):
             raise UserError(f"defenses.FP: {'; '.join(problems)}; fix the binding")
         self.clean_fraction, self.acc_drop, self.max_prune_ratio = clean_fraction, acc_drop, max_prune_ratio
         self.prune_step, self.finetune_epochs, self.batch_size = prune_step, finetune_epochs, batch_size
-        self.sgd = SGD(lr, momentum, weight_decay, nesterov, schedule, tuple(lr_drop_epochs), gamma)
+        self.optimizer = optimizer or given("sgd", 0.01, weight_decay=5e-4, schedule="cosine")
         self.run_info: dict = {}
 
     def run(self, ctx: Context) -> torch.nn.Module:
@@ -153,6 +145,6 @@ class FP(Defense):
                          "pruned": order[:pruned].tolist(), "prune_trace": trace, "after_pruning": after}
         print(f"pruned {pruned}/{len(order)} channels of {self.stage}: clean-data accuracy {clean_acc[0]:.3f} -> "
               f"{clean_acc[pruned]:.3f}; test ACC {after['acc']:.2f} ASR {after['asr']:.2f}", flush=True)
-        training_phase(ctx, "finetune", model, self.sgd, self.finetune_epochs, clean,
+        training_phase(ctx, "finetune", model, self.optimizer, self.finetune_epochs, clean,
                        clean_epoch(ctx, model, clean, self.batch_size, "fp finetune"))
         return mask.fold_into_head(model)

@@ -23,15 +23,15 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-import gin
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from asd_repro.core.config import configurable
-from asd_repro.core.errors import StepLosses, UserError, check_types
+from asd_repro.core.errors import StepLosses, UserError
 from asd_repro.defenses import Context, Defense, register_defense
-from asd_repro.defenses._posttraining import SGD, clean_epoch, defender_clean_data, training_phase
+from asd_repro.defenses._posttraining import clean_epoch, defender_clean_data, training_phase
+from asd_repro.engine.optim import Optimizer, given
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.loop import index_batches
 
@@ -117,20 +117,13 @@ class NAD(Defense):
             ({'layer2': 500, 'layer3': 1000, 'layer4': 1000}).
         p: the power of |F| in the attention map (2).
         batch_size: batch size of both phases (64).
-        lr: SGD learning rate of both phases (0.1).
-        momentum: SGD momentum (0.9).
-        weight_decay: SGD weight decay (1e-4).
-        nesterov: Nesterov momentum (True).
-        schedule: learning-rate schedule of both phases, an ``engine.make_schedule`` name ('multistep').
-        lr_drop_epochs: for 'multistep', the epochs of each phase after which the lr is multiplied by ``gamma`` ((2,)).
-        gamma: the 'multistep' factor (0.1).
+        optimizer: of both phases, each built anew (SGD, lr 0.1, momentum 0.9, Nesterov, weight decay 1e-4, x0.1
+            after epoch 2 of each phase: drop_epochs (2,)).
     """
 
     def __init__(self, clean_fraction: float = 0.05, teacher_epochs: int = 10, epochs: int = 20,
-                 betas: dict[str, float] | None = None, p: float = 2.0, batch_size: int = 64, lr: float = 0.1,
-                 momentum: float = 0.9, weight_decay: float = 1e-4, nesterov: bool = True,
-                 schedule: str = "multistep", lr_drop_epochs: tuple[int, ...] = (2,), gamma: float = 0.1):
-        check_types("defenses.NAD", type(self).__init__, locals())
+                 betas: dict[str, float] | None = None, p: float = 2.0, batch_size: int = 64,
+                 optimizer: Optimizer | None = None):
         betas = {"layer2": 500.0, "layer3": 1000.0, "layer4": 1000.0} if betas is None else dict(betas)
         problems = [msg for ok, msg in (
             (0 < clean_fraction <= 1, f"clean_fraction must be in (0, 1], got {clean_fraction}"),
@@ -143,7 +136,8 @@ class NAD(Defense):
             raise UserError(f"defenses.NAD: {'; '.join(problems)}; fix the binding")
         self.clean_fraction, self.teacher_epochs, self.epochs = clean_fraction, teacher_epochs, epochs
         self.betas, self.p, self.batch_size = betas, p, batch_size
-        self.sgd = SGD(lr, momentum, weight_decay, nesterov, schedule, tuple(lr_drop_epochs), gamma)
+        self.optimizer = optimizer or given("sgd", 0.1, weight_decay=1e-4, nesterov=True, schedule="multistep",
+                                            drop_epochs=(2,))
         self.run_info: dict = {}
 
     def run(self, ctx: Context) -> torch.nn.Module:
@@ -157,12 +151,12 @@ class NAD(Defense):
         total = self.teacher_epochs + self.epochs
 
         teacher = ctx.upstream_model()
-        training_phase(ctx, "teacher", teacher, self.sgd, self.teacher_epochs, clean,
+        training_phase(ctx, "teacher", teacher, self.optimizer, self.teacher_epochs, clean,
                        clean_epoch(ctx, teacher, clean, self.batch_size, "nad teacher"), total_epochs=total)
         teacher.requires_grad_(False)
         teacher.eval()
 
-        training_phase(ctx, "student", student, self.sgd, self.epochs, clean,
+        training_phase(ctx, "student", student, self.optimizer, self.epochs, clean,
                        lambda optimizer: distill_epoch(student, teacher, optimizer, clean.x, clean.y, self.betas,
                                                        self.p, ctx.augment, ctx.normalize, self.batch_size,
                                                        ctx.generator),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from asd_repro.core.config import configurable
-from asd_repro.core.errors import check_types, require
+from asd_repro.core.errors import require
 
 
 def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
@@ -31,7 +31,6 @@ class Augment:
     """
 
     def __init__(self, crop_padding: int = 4, padding_mode: str = "reflect", hflip: bool | None = None):
-        check_types("engine.Augment", type(self).__init__, locals())
         require("engine.Augment.padding_mode", padding_mode, padding_mode in ("reflect", "constant"),
                 "'reflect' or 'constant'")
         require("engine.Augment.crop_padding", crop_padding, crop_padding >= 0, "an integer >= 0")

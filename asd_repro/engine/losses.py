@@ -14,6 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from asd_repro.core.config import configurable, scoped
+from asd_repro.core.errors import require
+
 
 def sce_per_sample(logits: torch.Tensor, targets: torch.Tensor, ce_weight: float = 0.1, rce_weight: float = 1.0,
                    prob_min: float = 1e-7, onehot_min: float = 1e-4) -> torch.Tensor:
@@ -39,3 +42,31 @@ def sce_per_sample(logits: torch.Tensor, targets: torch.Tensor, ce_weight: float
 def sce(logits: torch.Tensor, targets: torch.Tensor, **kwargs: float) -> torch.Tensor:
     """Mean symmetric cross entropy over the batch; ``kwargs`` as in ``sce_per_sample``."""
     return sce_per_sample(logits, targets, **kwargs).mean()
+
+
+@configurable(module="engine")
+class SCE:
+    """Symmetric cross entropy with its settings, the object a defense takes (``defenses.ASD.sce = @asd/engine.SCE()``).
+
+    Args: as in ``sce_per_sample`` (ce_weight, rce_weight, prob_min, onehot_min).
+    """
+
+    def __init__(self, ce_weight: float = 0.1, rce_weight: float = 1.0, prob_min: float = 1e-7,
+                 onehot_min: float = 1e-4):
+        at = scoped("engine.SCE")
+        require(f"{at}.ce_weight", ce_weight, ce_weight >= 0, "a weight >= 0")
+        require(f"{at}.rce_weight", rce_weight, rce_weight >= 0, "a weight >= 0")
+        require(f"{at}.prob_min", prob_min, 0 < prob_min < 1, "a probability in (0, 1)")
+        require(f"{at}.onehot_min", onehot_min, 0 < onehot_min < 1, "a value in (0, 1)")
+        self.settings = {"ce_weight": ce_weight, "rce_weight": rce_weight, "prob_min": prob_min,
+                         "onehot_min": onehot_min}
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return sce_per_sample(logits, targets, **self.settings)
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The batch mean."""
+        return sce(logits, targets, **self.settings)
+
+    def __repr__(self) -> str:
+        return f"SCE({', '.join(f'{k}={v}' for k, v in self.settings.items())})"

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from asd_repro.core.errors import UserError
+from asd_repro.core.config import configurable, scoped
+from asd_repro.core.errors import UserError, require
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.loop import StepLosses, index_batches
 
@@ -94,7 +95,8 @@ def endless_batches(pool: torch.Tensor, batch_size: int, generator: torch.Genera
     """Shuffled full batches (drop_last) of the indices in ``pool``, reshuffled each time the pool is exhausted."""
     if len(pool) < batch_size:
         raise UserError(f"a pool of {len(pool)} samples cannot fill one MixMatch batch of {batch_size} (drop_last); "
-                        "lower the defense's batch_size binding (defenses.ASD.batch_size or defenses.DBD.batch_size)")
+                        "lower the defense's MixMatch batch size (asd/engine.MixMatch.batch_size or "
+                        "dbd/engine.MixMatch.batch_size)")
     while True:
         for b in index_batches(len(pool), batch_size, generator, drop_last=True):
             yield pool[b].to(device)
@@ -158,3 +160,46 @@ def mixmatch_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: 
     losses.check()
     loss, lx, lu = (sums / max(iterations, 1)).tolist()
     return {"loss": loss, "lx": lx, "lu": lu, "lambda_u": weights / max(iterations, 1)}
+
+
+@configurable(module="engine")
+class MixMatch:
+    """MixMatch's settings, the object a defense takes (``defenses.ASD.mixmatch = @asd/engine.MixMatch()``);
+    ``epoch`` runs one ``mixmatch_epoch`` with them.
+
+    Args:
+        iterations: optimiser steps an epoch.
+        batch_size: labelled and unlabelled batch size.
+        K: augmentations per unlabelled image.
+        T: sharpening temperature of the guessed labels.
+        alpha: the MixUp Beta(alpha, alpha) parameter.
+        lambda_u: the final weight of ``Lu``.
+        rampup: epochs over which lambda_u ramps linearly from 0 (the references tie it to the epochs).
+    """
+
+    def __init__(self, iterations: int = 1024, batch_size: int = 64, K: int = 2, T: float = 0.5,
+                 alpha: float = 0.75, lambda_u: float = 15.0, rampup: float = 120):
+        at = scoped("engine.MixMatch")
+        require(f"{at}.iterations", iterations, iterations >= 1, "an integer >= 1")
+        require(f"{at}.batch_size", batch_size, batch_size >= 1, "an integer >= 1")
+        require(f"{at}.K", K, K >= 1, "an integer >= 1")
+        require(f"{at}.T", T, T > 0, "a temperature > 0")
+        require(f"{at}.alpha", alpha, alpha > 0, "a number > 0")
+        require(f"{at}.lambda_u", lambda_u, lambda_u >= 0, "a weight >= 0")
+        require(f"{at}.rampup", rampup, rampup >= 0, "epochs >= 0")
+        self.settings = {"iterations": iterations, "batch_size": batch_size, "K": K, "T": T, "alpha": alpha,
+                         "lambda_u": lambda_u, "rampup": rampup}
+
+    @property
+    def batch_size(self) -> int:
+        return self.settings["batch_size"]
+
+    def epoch(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              labelled: torch.Tensor, unlabelled: torch.Tensor, augment: Augment, normalize: Normalize,
+              generator: torch.Generator, num_classes: int, epoch: int, desc: str = "mixmatch") -> dict[str, float]:
+        """One MixMatch epoch (``mixmatch_epoch``) with these settings."""
+        return mixmatch_epoch(model, optimizer, x, y, labelled, unlabelled, augment, normalize, generator,
+                              num_classes, epoch, desc=desc, **self.settings)
+
+    def __repr__(self) -> str:
+        return f"MixMatch({', '.join(f'{k}={v}' for k, v in self.settings.items())})"

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from asd_repro.core.config import configurable
-from asd_repro.core.errors import StepLosses, UserError, check_types
+from asd_repro.core.errors import StepLosses, UserError
 from asd_repro.engine.augment import Normalize
 from asd_repro.engine.loop import index_batches
 
@@ -104,7 +104,6 @@ class SimCLRAugment:
                  interpolation: str = "bicubic", hflip: bool | None = None, jitter_p: float = 0.8,
                  brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.1,
                  grayscale_p: float = 0.2, blur_p: float = 0.5, blur_sigma: tuple[float, float] = (0.1, 2.0)):
-        check_types("engine.SimCLRAugment", type(self).__init__, locals())
         problems = [msg for ok, msg in (
             (0 < crop_scale[0] <= crop_scale[1] <= 1, f"crop_scale needs 0 < low <= high <= 1, got {crop_scale}"),
             (0 < crop_ratio[0] <= crop_ratio[1], f"crop_ratio needs 0 < low <= high, got {crop_ratio}"),

@@ -7,7 +7,7 @@ import torch
 
 from asd_repro.engine.augment import Augment, Normalize
 from asd_repro.engine.loop import predict_logits
-from asd_repro.engine.losses import sce_per_sample
+from asd_repro.engine.losses import SCE
 
 
 def lowest_fraction(score: np.ndarray, fraction: float) -> np.ndarray:
@@ -16,8 +16,8 @@ def lowest_fraction(score: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def sce_split_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, normalize: Normalize, batch_size: int,
-                   augment: Augment, generator: torch.Generator, **sce: float) -> np.ndarray:
-    """The symmetric cross entropy of every sample: eval mode, train-augmented images, the labels as handed over
-    (DBD's and ASD's split loss); ``sce`` as in ``engine.losses.sce_per_sample``."""
+                   augment: Augment, generator: torch.Generator, sce: SCE) -> np.ndarray:
+    """The symmetric cross entropy ``sce`` of every sample: eval mode, train-augmented images, the labels as handed
+    over (DBD's and ASD's split loss)."""
     logits = predict_logits(model, x, normalize, batch_size, augment, generator)
-    return sce_per_sample(logits, y, **sce).cpu().numpy()
+    return sce.per_sample(logits, y).cpu().numpy()

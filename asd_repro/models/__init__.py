@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from asd_repro.core.config import configurable
-from asd_repro.core.errors import check_types, require
+from asd_repro.core.errors import require
 
 ARCHS = {
     # name: (blocks per stage, widths per stage)
@@ -38,7 +38,6 @@ def create_model(num_classes: int, in_chans: int, image_size: int, arch: str = "
             (cifar up to 64 px).
         init: 'official' (the authors' initialisation) or 'timm' (timm's; the mini and smoke profiles').
     """
-    check_types("models.create_model", create_model, locals())
     import timm
 
     require("models.create_model.arch", arch, arch in ARCHS, f"one of {', '.join(ARCHS)}")

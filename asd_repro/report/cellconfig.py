@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
 
     from asd_repro.core import config
     from asd_repro.core.matrix import read_params
-    from asd_repro.plugins import load_all
+    from asd_repro.cli.plugins import load_all
     from asd_repro.core.matrix import seeds_of
 
     params = read_params(args.params)

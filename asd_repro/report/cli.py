@@ -24,7 +24,7 @@ def _table(argv: list[str]) -> int:
 
     from asd_repro.core import config
     from asd_repro.core.matrix import read_params
-    from asd_repro.plugins import load_all
+    from asd_repro.cli.plugins import load_all
     from asd_repro.report.stage import table
     from asd_repro.core.matrix import defense_names, seeds_of
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from asd_repro.core.cell import check_poisoned_from, load_model, load_poisoned, to_nchw
 from asd_repro.core.config import configurable
-from asd_repro.core.errors import check_types, require
+from asd_repro.core.errors import require
 from asd_repro.core.io import atomic_dir, read_json, write_json
 from asd_repro.core.matrix import seed_folder
 
@@ -29,7 +29,6 @@ def evaluate(clean: Path, poisoned: Path, runs: Path, defenses: list[str], seeds
     from asd_repro.engine.device import resolve_device
     from asd_repro.engine.evaluation import acc_asr, check_asr_labels
 
-    check_types("stages.evaluate", evaluate, locals())
     require("stages.evaluate.batch_size", batch_size, batch_size >= 1, "a positive batch size")
     data = load_prepared(clean)
     dev = resolve_device(device, "stages.evaluate.device")

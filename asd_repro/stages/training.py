@@ -13,7 +13,7 @@ import gin
 from asd_repro.core.cell import (check_model_fits, load_model, open_cell, peak_memory, stopped_if_diverged, to_nchw,
                                  write_run_folder)
 from asd_repro.core.config import configurable
-from asd_repro.core.errors import UserError, check_seed, check_types, require
+from asd_repro.core.errors import UserError, check_seed, require
 from asd_repro.core.io import atomic_dir, write_json
 from asd_repro.core.provenance import environment
 
@@ -44,7 +44,6 @@ def train(defense: str, clean: Path, poisoned: Path, out: Path, curves: Path, ch
     from asd_repro.engine.augment import Augment
     from asd_repro.engine.checkpoint import Checkpointer
 
-    check_types("stages.train", train, locals())
     check_seed("stages.train.seed", seed)
     require("stages.train.eval_every", eval_every, eval_every >= 1, "a positive number of epochs")
     require("stages.train.eval_batch_size", eval_batch_size, eval_batch_size >= 1, "a positive batch size")
@@ -110,7 +109,6 @@ def pretrain(defense: str, clean: Path, poisoned: Path, out: Path, checkpoints: 
     from asd_repro.engine.simclr import head_parameter_names
     from asd_repro.models import create_model
 
-    check_types("stages.pretrain", pretrain, locals())
     check_seed("stages.pretrain.seed", seed)
     pretrain_step = DEFENSES.meta(defense).get("pretrain")
     if pretrain_step is None:

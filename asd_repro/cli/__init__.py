@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 def _configure(args: argparse.Namespace) -> str:
     """Register every configurable, parse the gin files and bindings; return the asked config text."""
     from asd_repro.core import config
-    from asd_repro.plugins import load_all
+    from asd_repro.cli.plugins import load_all
 
     load_all()
     bindings, sources = [], []
@@ -169,7 +169,7 @@ def run(argv: list[str] | None = None) -> None:
 
         return check_params(args.params, args.out, lambda name: DEFENSES.meta(name)["family"])
     if args.command == "configurables":
-        from asd_repro.plugins import describe_configurables, load_all
+        from asd_repro.cli.plugins import describe_configurables, load_all
 
         load_all()
         return print(describe_configurables())
@@ -253,6 +253,3 @@ def _main(argv: list[str]) -> int:
         return 130
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
