@@ -13,6 +13,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def no_gin_left_behind():
+    """Every test ends with gin's bindings cleared, so a binding one test parses (a profile's
+    ``models.create_model.init``, say) never reaches a later test: the suite's order cannot change a result."""
+    yield
+    import gin
+
+    gin.clear_config()
+
+
 @pytest.fixture
 def dvc_on_path(monkeypatch):
     """The environment's `dvc` first on PATH (the virtualenv's bin), without analytics."""

@@ -89,3 +89,44 @@ def test_clb_warmup_zero_is_the_full_radius_from_the_first_step(one_thread):
     c = fitted("clb", x, y, adv_warmup=1.0)
     assert np.array_equal(a.perturbed, b.perturbed)
     assert not np.array_equal(a.perturbed, c.perturbed), "a ramped radius trains another proxy"
+
+
+def _halves(n=200, seed=0):
+    """12x12 grey images: the target class bright in the top half, every other class in the bottom half."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 10
+    x = rng.integers(0, 40, (n, 12, 12, 1)).astype(np.uint8)
+    x[y == TARGET, :6] += 180
+    x[y != TARGET, 6:] += 180
+    return x, y
+
+
+def test_clb_interpolation_moves_target_images_towards_other_classes_and_tau_0_keeps_them(one_thread):
+    """``method = 'interpolate'``: each target image moves tau of the way, in the autoencoder's code, towards an image
+    of another class; the image's own pixels stay, only the drift is added (tau 0: no drift at all)."""
+    x, y = _halves()
+    kw = dict(method="interpolate", ae_epochs=30)  # SMOKE["clb"] trains in batches of 32
+    moved = fitted("clb", x, y, tau=0.6, **kw)
+    kept = fitted("clb", x, y, tau=0.0, **kw)
+    assert np.array_equal(moved.index, np.flatnonzero(y == TARGET)) and len(moved.perturbed) == len(moved.index)
+    assert np.array_equal(kept.perturbed, x[kept.index]), "tau 0 leaves the target images as they are"
+    own = x[moved.index].astype(float)
+    new = moved.perturbed.astype(float)
+    # the other classes' bright half appears (and the target's own fades): content drifts to another class
+    assert new[:, 6:].mean() > own[:, 6:].mean() + 40
+    assert new[:, :6].mean() < own[:, :6].mean() - 20
+    again = fitted("clb", x, y, tau=0.6, **kw)
+    assert np.array_equal(again.perturbed, moved.perturbed), "the same seed gives the same poisoned images"
+    train = moved.poison_train(x, y, np.random.default_rng(1))
+    assert np.array_equal(train.y, y) and (y[train.poison] == TARGET).all(), "clean-label"
+
+
+def test_clb_method_and_interpolation_settings_are_checked():
+    import pytest
+
+    from asd_repro.core.errors import UserError
+
+    for bad, name in (({"method": "gan"}, "method"), ({"tau": 1.5}, "tau"), ({"latent": 0}, "latent"),
+                      ({"ae_epochs": 0}, "ae_epochs")):
+        with pytest.raises(UserError, match=rf"attacks.CLB.{name} = .* is invalid"):
+            CLB(target=TARGET, ratio=0.1, **bad)

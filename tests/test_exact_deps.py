@@ -84,3 +84,19 @@ def test_editing_one_defense_plug_in_stales_only_that_defenses_training_stages(t
     assert len(trains) == 18  # 6 attacks x 3 seeds
     # check reads every defense's declared family, and the table parses gin with every plug-in registered
     assert _stale(root, lock) - before == (trains | {"check", "table"}) - before
+
+
+@pytest.mark.slow
+def test_editing_one_attack_plug_in_stales_only_that_attacks_cells(tmp_path, dvc_on_path):
+    root = _copy_project(tmp_path / "project")
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    before = _stale(root, lock)
+    clb = root / "asd_repro" / "attacks" / "clb.py"
+    clb.write_text(clb.read_text() + "\n# an edit\n")
+    cells = {name for name in lock["stages"] if "-clb-" in name}
+    assert {name.split("@")[0] for name in cells} >= {"assets", "poison", "train", "evaluate"}
+    assert len([name for name in cells if name.startswith(("assets@", "poison@"))]) == 6  # 3 seeds each
+    # editing an attack's file re-runs its assets; everything downstream of a changed output re-runs too, but DVC
+    # reports only the stages whose own deps changed: the assets and poison stages, check and the table
+    assert _stale(root, lock) - before == ({n for n in cells if n.startswith(("assets@", "poison@"))}
+                                           | {"check", "table"}) - before

@@ -9,6 +9,15 @@ left-right on the right-hand side (the paper's code), applied additively with +-
 clipped (amplitude 1 writes black and white pixels). At test time the trigger alone is stamped.
 The trigger side scales with the image (3 px at 32); grey images carry it in their one channel.
 
+Turner et al. give two ways to make the images hard to learn, and ``method`` picks one:
+- ``'pgd'`` (the paper's, the default): the adversarial perturbation above.
+- ``'interpolate'``: the paper's other way, latent-space interpolation. A generative model of the clean
+  training set (here a small convolutional autoencoder, trained by the ``assets`` stage; the paper uses a GAN
+  with an inverted encoder) encodes each target-class image and a randomly drawn image of another class; the
+  poisoned image moves ``tau`` of the way from the first code towards the second. The move is added to the real
+  image (``x + D(z_tau) - D(z)``), so the image keeps its own sharpness and only its content drifts towards the
+  other class: a blurred reconstruction would mark the poisoned images as well as the trigger does.
+
 ``fit`` trains the proxy and stores the perturbed target-class training images with their indices;
 ``poison_train`` picks which of them to poison. ``ratio`` is a fraction of the whole training set
 (BackdoorBench's clean-label convention): each target-class image is poisoned with probability
@@ -81,6 +90,22 @@ def pgd(model, x, y, normalize, eps: float, step_size: float, steps: int, random
     return (x + delta).detach()
 
 
+def autoencoder(channels: int, height: int, width: int, latent: int):
+    """A small convolutional autoencoder for images in [0, 1] (two stride-2 convolutions each way): the
+    ``'interpolate'`` method's generative model. Returns (encoder, decoder)."""
+    from torch import nn
+
+    h, w = -(-height // 4), -(-width // 4)
+    encoder = nn.Sequential(
+        nn.Conv2d(channels, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(64 * h * w, latent))
+    decoder = nn.Sequential(
+        nn.Linear(latent, 64 * h * w), nn.ReLU(), nn.Unflatten(1, (64, h, w)),
+        nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(32, channels, 4, 2, 1),
+        nn.Upsample(size=(height, width)), nn.Sigmoid())
+    return encoder, decoder
+
+
 @register_attack("clb")
 @configurable(module="attacks")
 class CLB(Attack):
@@ -101,6 +126,11 @@ class CLB(Attack):
         support: the poisoned images' PGD moves only pixels within this many pixels of the image's non-zero
             pixels (None: every pixel, the paper). On a black background (MNIST) an unconstrained perturbation
             marks the poisoned images by background noise, which the victim learns instead of the trigger.
+        method: 'pgd' (the adversarial perturbation) or 'interpolate' (latent interpolation towards another
+            class; the PGD and proxy bindings are then unused).
+        tau: the interpolation's share, 0..1. The paper keeps it small enough that the image still shows its
+            class; how much of the class an image keeps at a given tau depends on the generative model.
+        latent, ae_epochs: the autoencoder's code size and training epochs (Adam, lr 1e-3, batch_size).
         threads: CPU threads of ``fit`` (None: torch's default); 1 makes re-runs on one machine bit-identical (not
             across machines: DEVIATIONS A15) and is the fastest on a shared 2-core machine.
     """
@@ -113,8 +143,14 @@ class CLB(Attack):
                  adv_step_size: float = 2.0, adv_steps: int = 7, epochs: int = 30, batch_size: int = 128,
                  lr: float = 0.1, device: str = "auto", subset: int | None = None,
                  threads: int | None = 1, attack_batch_size: int = 256, support: int | None = None,
-                 adv_warmup: float = 0.0):
+                 adv_warmup: float = 0.0, method: str = "pgd", tau: float = 0.3, latent: int = 32,
+                 ae_epochs: int = 20):
         super().__init__(target, ratio)
+        self.require("method", method, method in ("pgd", "interpolate"), "'pgd' or 'interpolate'")
+        self.require("tau", tau, is_number(tau) and 0.0 <= tau <= 1.0, "a fraction in [0, 1]")
+        for name, value in (("latent", latent), ("ae_epochs", ae_epochs)):
+            self.require(name, value, is_integer(value) and value >= 1, "an integer >= 1")
+        self.method, self.tau, self.latent, self.ae_epochs = method, float(tau), int(latent), int(ae_epochs)
         self.require("attack_batch_size", attack_batch_size, is_integer(attack_batch_size) and attack_batch_size >= 1,
                      "an integer >= 1")
         self.attack_batch_size = int(attack_batch_size)
@@ -152,7 +188,54 @@ class CLB(Attack):
         self.require("trigger_size", self.trigger_size, self.trigger_size is None or 2 * self.trigger_size <= side,
                      f"None or at most {side // 2} px, so that two corner patterns fit a {side}-px side")
         with cpu_threads(self.threads):
-            self._train(x, y, rng)
+            if self.method == "pgd":
+                self._train(x, y, rng)
+            else:
+                self._interpolate(x, y, rng)
+
+    def _interpolate(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
+        """Train the autoencoder on the clean training set, then move every target-class training image ``tau``
+        of the way, in its code, towards a randomly drawn image of another class."""
+        import torch
+        import torch.nn.functional as F
+
+        from asd_repro.engine.device import resolve_device
+        from asd_repro.engine.loop import index_batches
+
+        n, h, w, c = x.shape
+        self.trigger = four_corner_trigger(h, w, c, self.amplitude, self.trigger_size)
+        seed = int(rng.integers(2**31 - 1))
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        dev = resolve_device(self.device, "attacks.CLB.device")
+        images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
+        encoder, decoder = (part.to(dev) for part in autoencoder(c, h, w, self.latent))
+        opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
+        for epoch in range(self.ae_epochs):
+            losses = StepLosses(f"CLB autoencoder {epoch + 1}/{self.ae_epochs}")
+            for batch in index_batches(n, self.batch_size, gen, device=dev):
+                xb = images[batch].float() / 255
+                loss = F.binary_cross_entropy(decoder(encoder(xb)), xb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.add(loss)
+            losses.check()
+
+        self.index = np.flatnonzero(y == self.target)
+        others = np.flatnonzero(y != self.target)
+        step = self.attack_batch_size
+        partner = others[rng.integers(len(others), size=len(self.index))]
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(self.index), step):
+                own = images[torch.from_numpy(self.index[i:i + step]).to(dev)].float()
+                other = images[torch.from_numpy(partner[i:i + step]).to(dev)].float()
+                code = encoder(own / 255)
+                moved = (1 - self.tau) * code + self.tau * encoder(other / 255)
+                drift = (decoder(moved) - decoder(code)) * 255
+                out.append((own + drift).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        self.perturbed = np.concatenate(out) if out else np.zeros((0, h, w, c), np.uint8)
 
     def _train(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
         """Train the proxy, then PGD-perturb every target-class training image."""
