@@ -65,3 +65,25 @@ def test_a_new_output_is_stale_and_a_missing_one_is_not():
     lock_outs = {"table": {"results/mini"}, "evaluate@a": {"metrics/mini/a"}}
     stale = stale_stages(status, set().union(*lock_outs.values()), set(lock_outs), lock_outs)
     assert stale == {"table": ["views/mini is a new output"]}  # a fresh clone's missing outputs are not staleness
+
+
+def test_a_lock_that_mixes_two_runs_names_the_stages_whose_inputs_differ():
+    """A producer re-ran (its output hash changed) and a reader did not: the reader's recorded input hash differs."""
+    from asd_repro.report.staleness import broken_links
+
+    def lock(poison_out: str, train_in: str, folder_in: str = "f") -> dict:
+        return {"stages": {
+            "poison@a-1": {"deps": [{"path": "data/prepared", "md5": "p"}],
+                           "outs": [{"path": "data/poisoned/a/s1", "md5": poison_out}]},
+            "prepare": {"outs": [{"path": "data/prepared", "md5": "p"}]},
+            "train@a-1": {"deps": [{"path": "data/poisoned/a/s1", "md5": train_in},
+                                   {"path": "data/prepared", "md5": "p"}],
+                          "outs": [{"path": "runs/a/s1", "md5": "r"}]},
+            # a folder holding outputs has a hash of its own: not judged
+            "evaluate@a": {"deps": [{"path": "data/poisoned/a", "md5": folder_in}, {"path": "runs/a/s1", "md5": "r"}]}}}
+
+    assert broken_links(lock("x", "x")) == {}
+    assert broken_links(lock("x", "y", folder_in="z")) == {"train@a-1": ["data/poisoned/a/s1"]}
+    stale_reader = lock("x", "x")
+    stale_reader["stages"]["evaluate@a"]["deps"][1]["md5"] = "old"
+    assert broken_links(stale_reader) == {"evaluate@a": ["runs/a/s1"]}

@@ -1,7 +1,8 @@
 """Is the committed ``dvc.lock`` stale against the code, gin files and params? A check that needs no data.
 
 ``python -m asd_repro.report.staleness`` (in the project root) exits 0 when every stage's git-tracked deps
-(code, gin files, reference tables), params, command and declared outputs match ``dvc.lock``, 1 naming the stages that ``dvc repro``
+(code, gin files, reference tables), params, command and declared outputs match ``dvc.lock`` and every stage's
+recorded input hashes equal the output hashes its producers recorded, 1 naming the stages that ``dvc repro``
 would re-run because of them (or the lock's entries for stages that ``dvc.yaml`` no longer defines, which DVC keeps
 and never uses), 2 when DVC cannot tell. Deps that are other stages' outputs (the prepared data,
 models, metrics) are absent on a fresh clone and not judged: they are what ``dvc repro`` rebuilds.
@@ -62,6 +63,24 @@ def stale_stages(status: dict, outs: set[str], lock_stages: set[str],
     return stale
 
 
+def broken_links(lock: dict) -> dict[str, list[str]]:
+    """stage -> its deps whose hash in ``dvc.lock`` differs from the hash the stage producing that path recorded.
+
+    A consistent lock has every stage's input hash equal to its producer's output hash; a mismatch means the lock
+    mixes runs: a producer re-ran (on another machine, or after a code change) and the stages that read its output
+    did not, so ``dvc repro`` with the data would re-run them. Only deps that are exactly another stage's output are
+    judged (a folder holding several outputs has a hash of its own)."""
+    stages = lock.get("stages", {})
+    made = {o["path"].rstrip("/"): o.get("md5") for s in stages.values() for o in s.get("outs", [])}
+    broken: dict[str, list[str]] = {}
+    for name, stage in stages.items():
+        for dep in stage.get("deps", []):
+            path = dep["path"].rstrip("/")
+            if path in made and dep.get("md5") != made[path]:
+                broken.setdefault(name, []).append(path)
+    return broken
+
+
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
@@ -98,7 +117,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {stage}: {'; '.join(why[:3])}" + (f"; and {len(why) - 3} more" if len(why) > 3 else ""))
         print("Regenerate (dvc repro, from a clean clone) and commit dvc.lock with results/.")
         return 1
-    print(f"dvc.lock matches the code, gin files, params and commands of all {len(stages)} stages")
+    broken = broken_links(lock)
+    if broken:
+        print(f"dvc.lock is inconsistent: {len(broken)} stage(s) record an input that differs from what the stage "
+              "producing it recorded, so the lock mixes two runs:")
+        for stage, paths in sorted(broken.items())[:10]:
+            print(f"  {stage}: {', '.join(paths)}")
+        if len(broken) > 10:
+            print(f"  and {len(broken) - 10} more")
+        print("Re-run those stages (dvc repro) in the workspace that produced the rest, and commit dvc.lock with "
+              "results/.")
+        return 1
+    print(f"dvc.lock matches the code, gin files, params and commands of all {len(stages)} stages, and every "
+          "stage's inputs are the outputs its producers recorded")
     return 0
 
 
