@@ -36,6 +36,16 @@ def _stale(root: Path, lock: dict) -> set[str]:
     return set(stale_stages(json.loads(run.stdout or "{}"), stage_outputs(lock), set(lock["stages"])))
 
 
+def _stale_after_editing(tmp_path: Path, file: str) -> tuple[dict, set[str], set[str]]:
+    """A project copy's lock, the stages that an edit (a comment) to ``file`` newly stales, and those stale before."""
+    root = _copy_project(tmp_path / "project")
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    before = _stale(root, lock)
+    edited = root / file
+    edited.write_text(edited.read_text() + "\n# an edit\n")
+    return lock, _stale(root, lock) - before, before
+
+
 @pytest.mark.slow
 def test_editing_cli_stales_its_stages_and_editing_report_only_the_table(tmp_path, dvc_on_path):
     root = _copy_project(tmp_path / "project")
@@ -75,28 +85,19 @@ def test_a_binding_for_one_defense_stales_only_that_defenses_stages(tmp_path, dv
 
 @pytest.mark.slow
 def test_editing_one_defense_plug_in_stales_only_that_defenses_training_stages(tmp_path, dvc_on_path):
-    root = _copy_project(tmp_path / "project")
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
-    before = _stale(root, lock)
-    asd = root / "asd_repro" / "defenses" / "asd.py"
-    asd.write_text(asd.read_text() + "\n# an edit\n")
+    lock, newly_stale, before = _stale_after_editing(tmp_path, "asd_repro/defenses/asd.py")
     trains = {name for name in lock["stages"] if name.startswith("train@") and "-asd-" in name}
     assert len(trains) == 18  # 6 attacks x 3 seeds
     # check reads every defense's declared family, and the table parses gin with every plug-in registered
-    assert _stale(root, lock) - before == (trains | {"check", "table"}) - before
+    assert newly_stale == (trains | {"check", "table"}) - before
 
 
 @pytest.mark.slow
 def test_editing_one_attack_plug_in_stales_only_that_attacks_cells(tmp_path, dvc_on_path):
-    root = _copy_project(tmp_path / "project")
-    lock = yaml.safe_load((root / "dvc.lock").read_text())
-    before = _stale(root, lock)
-    clb = root / "asd_repro" / "attacks" / "clb.py"
-    clb.write_text(clb.read_text() + "\n# an edit\n")
+    lock, newly_stale, before = _stale_after_editing(tmp_path, "asd_repro/attacks/clb.py")
     cells = {name for name in lock["stages"] if "-clb-" in name or name.endswith("-clb")}
     assert {name.split("@")[0] for name in cells} >= {"assets", "poison", "train", "evaluate"}
     assert len([name for name in cells if name.startswith(("assets@", "poison@"))]) == 6  # 3 seeds each
     # editing an attack's file re-runs its assets; everything downstream of a changed output re-runs too, but DVC
     # reports only the stages whose own deps changed: the assets and poison stages, check and the table
-    assert _stale(root, lock) - before == ({n for n in cells if n.startswith(("assets@", "poison@"))}
-                                           | {"check", "table"}) - before
+    assert newly_stale == ({n for n in cells if n.startswith(("assets@", "poison@"))} | {"check", "table"}) - before
