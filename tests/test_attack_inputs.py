@@ -28,6 +28,7 @@ BAD = [
     (WaNet, {"cross_ratio": 40.0}, "attacks.WaNet.cross_ratio = 40.0"),
     (IAB, {"epochs": "ten"}, "attacks.IAB.epochs = 'ten'"),
     (IAB, {"mask_density": 0.0}, "attacks.IAB.mask_density = 0.0"),
+    (IAB, {"mask_min_steps": -1}, "attacks.IAB.mask_min_steps = -1"),
     (IAB, {"train_bd_ratio": 0.6, "train_cross_ratio": 0.6}, "attacks.IAB.train_cross_ratio = 0.6"),
     (CLB, {"eps": -8.0}, "attacks.CLB.eps = -8.0"),
     (CLB, {"amplitude": 1.5}, "attacks.CLB.amplitude = 1.5"),

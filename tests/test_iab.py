@@ -1,4 +1,4 @@
-"""IAB: input-specific triggers, cross samples, the state, the milestone schedule."""
+"""IAB: input-specific triggers, cross samples, the state, the milestone schedule, the mask phase's step floor."""
 
 import numpy as np
 
@@ -45,3 +45,30 @@ def test_iab_milestones_never_drop_the_rate_before_the_first_epoch():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
     torch.optim.lr_scheduler.MultiStepLR(opt, milestone_epochs((0.4, 0.8), 1), 0.1)
     assert opt.param_groups[0]["lr"] == 0.01, "the only epoch of the phase runs at the full rate"
+
+
+def test_a_mask_phase_shorter_than_its_step_floor_runs_whole_epochs_until_it_reaches_it(monkeypatch, one_thread):
+    import asd_repro.attacks.iab as iab
+
+    from attacksmoke import data
+
+    assert iab.mask_phase_epochs(1, 300, 31) == 10  # the mini profile: 1 epoch of 4,000 images at batch 128
+    assert iab.mask_phase_epochs(25, 300, 390) == 25  # the paper's 25 CIFAR-10 epochs are far past the floor
+    assert iab.mask_phase_epochs(3, 0, 31) == 3
+    assert iab.mask_phase_epochs(0, 300, 31) == 0, "no mask phase stays none"
+
+    phases = []
+
+    class Recorded(iab.StepLosses):
+        def __init__(self, name):
+            phases.append(name)
+            super().__init__(name)
+
+    monkeypatch.setattr(iab, "StepLosses", Recorded)
+    x, y = data(40, 28, 28, 1)  # 40 images at batch 16: 2 steps an epoch
+    atk = iab.IAB(target=TARGET, ratio=0.1, mask_epochs=1, mask_min_steps=5, epochs=1, batch_size=16,
+                  classifier="small_cnn", device="cpu")
+    atk.fit(x, y, np.random.default_rng(0))
+    assert [p for p in phases if p.startswith("IAB mask")] == [f"IAB mask generator {i}/3" for i in (1, 2, 3)]
+    assert atk.mask_epochs == 1, "the binding itself is unchanged"
+

@@ -32,6 +32,13 @@ def milestone_epochs(fractions: tuple[float, ...], epochs: int) -> list[int]:
     return [max(1, int(round(f * epochs))) for f in fractions]
 
 
+def mask_phase_epochs(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
+    """The mask phase's epochs: ``epochs``, or more whole epochs when those give fewer than ``min_steps`` steps."""
+    if epochs == 0 or steps_per_epoch == 0:
+        return epochs
+    return max(epochs, -(-min_steps // steps_per_epoch))
+
+
 def _nets():
     """The torch modules, defined lazily so that importing the plug-in does not import torch."""
     import torch
@@ -111,6 +118,12 @@ class IAB(Attack):
             as many cross as backdoor samples: 1): each sample outside the poison mask is a cross sample
             with probability ``cross_ratio * ratio``.
         mask_epochs: mask-network pre-training epochs (25 in the paper's code).
+        mask_min_steps: the fewest optimizer steps of the mask phase: when ``mask_epochs`` epochs give fewer, the phase
+            runs whole epochs until it reaches them. The mask network trains alone, so what it needs is steps, not passes:
+            25 epochs are 9,750 steps on CIFAR-10, a scaled profile's few epochs of a small set a few dozen, and a
+            mask stopped that early is caught mid-swing (its density anywhere from a third to four times its settled
+            value, changed by any float difference) and gives triggers that a victim learns in one run and not the next
+            (DEVIATIONS A17). 0: exactly ``mask_epochs``; ``mask_epochs = 0`` skips the phase whatever this is.
         epochs: joint generator + classifier epochs.
         batch_size: training batch (128 in the paper's code).
         width, depth: generator/mask width of the first level and number of down-sampling steps; None takes
@@ -138,7 +151,8 @@ class IAB(Attack):
                  lambda_div: float = 1.0, train_bd_ratio: float = 0.1, train_cross_ratio: float = 0.1,
                  lr_g: float = 0.01, lr_m: float = 0.01, lr_c: float = 0.01,
                  milestones: tuple[float, ...] = (0.4, 0.8), classifier: str = "resnet18", device: str = "auto",
-                 subset: int | None = None, threads: int | None = 1, apply_batch_size: int = 512):
+                 subset: int | None = None, threads: int | None = 1, apply_batch_size: int = 512,
+                 mask_min_steps: int = 0):
         super().__init__(target, ratio)
         self.require("apply_batch_size", apply_batch_size, is_integer(apply_batch_size) and apply_batch_size >= 1,
                      "an integer >= 1")
@@ -149,7 +163,8 @@ class IAB(Attack):
             self.require(name, value, is_number(value) and 0 <= value <= 1, "a fraction in [0, 1]")
         self.require("train_cross_ratio", train_cross_ratio, train_bd_ratio + train_cross_ratio <= 1,
                      f"train_bd_ratio + train_cross_ratio <= 1 (train_bd_ratio is {train_bd_ratio})")
-        for name, value, low in (("mask_epochs", mask_epochs, 0), ("epochs", epochs, 1), ("batch_size", batch_size, 1)):
+        for name, value, low in (("mask_epochs", mask_epochs, 0), ("mask_min_steps", mask_min_steps, 0), ("epochs", epochs, 1),
+                                 ("batch_size", batch_size, 1)):
             self.require(name, value, is_integer(value) and value >= low, f"an integer >= {low}")
         for name, value in (("width", width), ("depth", depth), ("subset", subset)):
             self.require(name, value, value is None or (is_integer(value) and value >= 1), "None or an integer >= 1")
@@ -164,6 +179,7 @@ class IAB(Attack):
                      "a tuple of fractions of the phase in [0, 1]")
         self.cross_ratio = float(cross_ratio)
         self.mask_epochs, self.epochs, self.batch_size = int(mask_epochs), int(epochs), int(batch_size)
+        self.mask_min_steps = int(mask_min_steps)
         self.width, self.depth = width, depth
         self.mask_density, self.lambda_norm, self.lambda_div = mask_density, lambda_norm, lambda_div
         self.train_bd_ratio, self.train_cross_ratio = train_bd_ratio, train_cross_ratio
@@ -296,11 +312,12 @@ class IAB(Attack):
             return milestone_epochs(self.milestones, epochs)
 
         # 1. the mask network alone
+        mask_epochs = mask_phase_epochs(self.mask_epochs, self.mask_min_steps, n // batch)
         opt_m = torch.optim.Adam(m.parameters(), lr=self.lr_m, betas=(0.5, 0.9))
-        sched_m = torch.optim.lr_scheduler.MultiStepLR(opt_m, steps_at(self.mask_epochs), 0.1)
+        sched_m = torch.optim.lr_scheduler.MultiStepLR(opt_m, steps_at(mask_epochs), 0.1)
         m.train()
-        for epoch in range(self.mask_epochs):
-            losses = StepLosses(f"IAB mask generator {epoch + 1}/{self.mask_epochs}")
+        for epoch in range(mask_epochs):
+            losses = StepLosses(f"IAB mask generator {epoch + 1}/{mask_epochs}")
             for i1, i2 in pairs():
                 x1, x2 = images[i1].float() / 255, images[i2].float() / 255
                 m1, m2 = _threshold(m(x1)), _threshold(m(x2))
