@@ -199,16 +199,10 @@ class CLB(Attack):
         import torch
         import torch.nn.functional as F
 
-        from asd_repro.engine.device import resolve_device
         from asd_repro.engine.loop import index_batches
 
         n, h, w, c = x.shape
-        self.trigger = four_corner_trigger(h, w, c, self.amplitude, self.trigger_size)
-        seed = int(rng.integers(2**31 - 1))
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        dev = resolve_device(self.device, "attacks.CLB.device")
-        images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
+        gen, dev, images = self._start(x, rng)
         encoder, decoder = (part.to(dev) for part in autoencoder(c, h, w, self.latent))
         opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
         for epoch in range(self.ae_epochs):
@@ -224,17 +218,44 @@ class CLB(Attack):
 
         self.index = np.flatnonzero(y == self.target)
         others = np.flatnonzero(y != self.target)
-        step = self.attack_batch_size
-        partner = others[rng.integers(len(others), size=len(self.index))]
-        out = []
+        partner = torch.from_numpy(others[rng.integers(len(others), size=len(self.index))]).to(dev)
+
+        def move(rows, idx):
+            own, other = images[idx].float(), images[partner[rows]].float()
+            code = encoder(own / 255)
+            moved = (1 - self.tau) * code + self.tau * encoder(other / 255)
+            return own + (decoder(moved) - decoder(code)) * 255
+
         with torch.no_grad():
-            for i in range(0, len(self.index), step):
-                own = images[torch.from_numpy(self.index[i:i + step]).to(dev)].float()
-                other = images[torch.from_numpy(partner[i:i + step]).to(dev)].float()
-                code = encoder(own / 255)
-                moved = (1 - self.tau) * code + self.tau * encoder(other / 255)
-                drift = (decoder(moved) - decoder(code)) * 255
-                out.append((own + drift).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+            self._perturb_targets(images, move)
+
+    def _start(self, x: np.ndarray, rng: np.random.Generator):
+        """What both methods begin with: the trigger, torch seeded from ``rng``, the torch generator, the device and
+        the images as an NCHW uint8 tensor on it."""
+        import torch
+
+        from asd_repro.engine.device import resolve_device
+
+        _, h, w, c = x.shape
+        self.trigger = four_corner_trigger(h, w, c, self.amplitude, self.trigger_size)
+        seed = int(rng.integers(2**31 - 1))
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        dev = resolve_device(self.device, "attacks.CLB.device")
+        return gen, dev, torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
+
+    def _perturb_targets(self, images, move) -> None:
+        """``perturbed``: every target-class image (``index``) through ``move(rows, idx)``, ``attack_batch_size`` at a
+        time (rows: a slice of ``index``; idx: those images' indices, a tensor), in uint8 NHWC."""
+        import torch
+
+        out = []
+        step = self.attack_batch_size
+        for i in range(0, len(self.index), step):
+            idx = torch.from_numpy(self.index[i:i + step]).to(images.device)
+            moved = move(slice(i, i + step), idx)
+            out.append(moved.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        _, c, h, w = images.shape
         self.perturbed = np.concatenate(out) if out else np.zeros((0, h, w, c), np.uint8)
 
     def _train(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
@@ -245,18 +266,12 @@ class CLB(Attack):
         from asd_repro.engine.augment import Augment
         from asd_repro.engine.loop import index_batches
         from asd_repro.models import create_model
-        from asd_repro.engine.device import resolve_device
 
         n, h, w, c = x.shape
-        self.trigger = four_corner_trigger(h, w, c, self.amplitude, self.trigger_size)
-        seed = int(rng.integers(2**31 - 1))
+        gen, dev, images = self._start(x, rng)
         use = np.arange(n)
         if self.subset is not None and self.subset < n:
             use = np.sort(rng.choice(n, self.subset, replace=False))
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        dev = resolve_device(self.device, "attacks.CLB.device")
-        images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dev)
         labels = torch.from_numpy(np.asarray(y, dtype=np.int64)).to(dev)
         mean, std = channel_stats(images)
 
@@ -293,15 +308,13 @@ class CLB(Attack):
 
         model.eval()
         self.index = np.flatnonzero(y == self.target)
-        out = []
-        step = self.attack_batch_size
-        for i in range(0, len(self.index), step):
-            idx = torch.from_numpy(self.index[i:i + step]).to(dev)
+
+        def move(rows, idx):
             xb = images[idx].float()
             mask = None if self.support is None else support_mask(xb, self.support)
-            adv = pgd(model, xb, labels[idx], normalize, self.eps, self.step_size, self.steps, False, mask=mask)
-            out.append(adv.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-        self.perturbed = np.concatenate(out) if out else np.zeros((0, h, w, c), np.uint8)
+            return pgd(model, xb, labels[idx], normalize, self.eps, self.step_size, self.steps, False, mask=mask)
+
+        self._perturb_targets(images, move)
 
     def state(self) -> dict[str, np.ndarray]:
         return {"trigger": self.trigger, "index": self.index, "perturbed": self.perturbed}
