@@ -118,11 +118,11 @@ class IAB(Attack):
             as many cross as backdoor samples: 1): each sample outside the poison mask is a cross sample
             with probability ``cross_ratio * ratio``.
         mask_epochs: mask-network pre-training epochs (25 in the paper's code).
-        mask_min_steps: the fewest optimizer steps of the mask phase: when ``mask_epochs`` epochs give fewer, the phase
-            runs whole epochs until it reaches them. The mask network trains alone, so what it needs is steps, not passes:
-            25 epochs are 9,750 steps on CIFAR-10, a scaled profile's few epochs of a small set a few dozen, and a
-            mask stopped that early is caught mid-swing (its density anywhere from a third to four times its settled
-            value, changed by any float difference) and gives triggers that a victim learns in one run and not the next
+        mask_min_steps: the fewest optimizer steps of the mask phase: when ``mask_epochs`` epochs give fewer, the
+            phase runs whole epochs until it reaches them. The mask network trains alone, so it needs steps, not
+            passes: 25 epochs are 9,750 steps on CIFAR-10, a scaled profile's few epochs of a small set a few dozen.
+            A mask stopped that early is caught mid-swing (its density anywhere from half to eight times its settled
+            value, moved by any float difference), and a victim learns its triggers in one run and not the next
             (DEVIATIONS A17). 0: exactly ``mask_epochs``; ``mask_epochs = 0`` skips the phase whatever this is.
         epochs: joint generator + classifier epochs.
         batch_size: training batch (128 in the paper's code).
@@ -140,9 +140,10 @@ class IAB(Attack):
         subset: train on this many randomly chosen training images (None: all; the smoke profile's knob).
         apply_batch_size: images a batch when g and m poison a set (memory only: any value gives the same images;
             lower it when a GPU runs out of memory at 224 px).
-        threads: CPU threads of ``fit`` and ``apply`` (None: torch's default). 1 makes re-runs on one machine bit-identical
-            (not across machines: DEVIATIONS A15) and is the fastest on a shared 2-core machine, where two threads wait on each other between the
-            many small operations of these networks (measured 5-10x slower).
+        threads: CPU threads of ``fit`` and ``apply`` (None: torch's default). 1 makes re-runs on one machine
+            bit-identical (not across machines: DEVIATIONS A15) and is the fastest on a shared 2-core machine, where
+            two threads wait on each other between the many small operations of these networks (measured 5-10x
+            slower).
     """
 
     def __init__(self, target: int = gin.REQUIRED, ratio: float = gin.REQUIRED, cross_ratio: float = 1.0,
@@ -163,8 +164,8 @@ class IAB(Attack):
             self.require(name, value, is_number(value) and 0 <= value <= 1, "a fraction in [0, 1]")
         self.require("train_cross_ratio", train_cross_ratio, train_bd_ratio + train_cross_ratio <= 1,
                      f"train_bd_ratio + train_cross_ratio <= 1 (train_bd_ratio is {train_bd_ratio})")
-        for name, value, low in (("mask_epochs", mask_epochs, 0), ("mask_min_steps", mask_min_steps, 0), ("epochs", epochs, 1),
-                                 ("batch_size", batch_size, 1)):
+        for name, value, low in (("mask_epochs", mask_epochs, 0), ("mask_min_steps", mask_min_steps, 0),
+                                 ("epochs", epochs, 1), ("batch_size", batch_size, 1)):
             self.require(name, value, is_integer(value) and value >= low, f"an integer >= {low}")
         for name, value in (("width", width), ("depth", depth), ("subset", subset)):
             self.require(name, value, value is None or (is_integer(value) and value >= 1), "None or an integer >= 1")
