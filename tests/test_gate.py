@@ -76,7 +76,8 @@ def test_planted_effects_of_the_papers_size_are_changed_and_nothing_else(committ
     planted = gate_calibration.planted_cells(res)
     verdicts = res[planted]["verdict"]
     # a planted effect is never passed as noise: it is called changed, or the cell is too noisy at its seeds to
-    # read (underpowered: the committed IAB row, whose ASD ASR spans 0.2-10.8 over 3 seeds)
+    # read (underpowered: a cell whose seeds spread wider than the planted effect, as a row that implants in only
+    # some seeds does)
     assert planted.sum() == 12 and verdicts.isin(["changed", "underpowered"]).all()
     assert (verdicts == "changed").sum() >= 11, verdicts.value_counts()
     assert (res[~planted]["verdict"] != "changed").all()
